@@ -1,0 +1,1 @@
+"""⑦ Admin: the CLI (``dicom-node``); the web UI and metrics come later."""

@@ -1,0 +1,122 @@
+"""The ``dicom-node`` command. Every subcommand takes ``--config FILE`` (or DICOM_NODE_CONFIG)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dicom_node import logs
+from dicom_node.settings import Settings, SettingsError, load_settings, masked
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+studies_app = typer.Typer(help="Studies in the index (no patient names).")
+db_app = typer.Typer(no_args_is_help=True, help="The index database.")
+app.add_typer(config_app, name="config")
+app.add_typer(studies_app, name="studies")
+app.add_typer(db_app, name="db")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="DICOM_NODE_CONFIG", help="TOML configuration file."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logs.configure(settings.logging.level, json_output=settings.logging.json_output)
+    return settings
+
+
+def _engine(settings: Settings) -> Any:
+    from dicom_node.db.migrate import upgrade  # noqa: PLC0415 - keep `--help` fast
+    from dicom_node.db.session import make_engine  # noqa: PLC0415
+
+    url = settings.database.url.get_secret_value()
+    upgrade(url)
+    return make_engine(url)
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: Storage SCP, completion sweeper (embedded defaults: SQLite, no Redis)."""
+    from dicom_node.node import Node  # noqa: PLC0415
+
+    Node(_settings(config)).run()
+
+
+@app.command()
+def echo(
+    host: str,
+    port: int,
+    aet: Annotated[str, typer.Argument(help="The called AE title.")],
+    calling: Annotated[str, typer.Option(help="Our calling AE title.")] = "DICOM_NODE",
+    config: ConfigOption = None,
+) -> None:
+    """C-ECHO a remote AE, to test a link."""
+    from dicom_node.receive.echo import c_echo  # noqa: PLC0415
+
+    _settings(config)
+    result = c_echo(host, port, aet, calling_ae=calling)
+    typer.echo(result.message)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@config_app.command("show")
+def config_show(config: ConfigOption = None) -> None:
+    """Print the effective configuration, secrets masked."""
+    typer.echo(json.dumps(masked(_settings(config)), indent=2))
+
+
+@studies_app.callback(invoke_without_command=True)
+def studies(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """List studies, most recent first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dicom_node.admin.queries import list_studies  # noqa: PLC0415
+
+    rows = list_studies(_engine(_settings(config)))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'STATE':<10} {'SERIES':>6} {'INST':>6}  {'LAST RECEIVED':<32} STUDY UID")
+    for r in rows:
+        typer.echo(
+            f"{r['state']:<10} {r['series']:>6} {r['instances']:>6}  "
+            f"{r['last_received']:<32} {r['study_uid']}"
+        )
+
+
+@studies_app.command("show")
+def studies_show(uid: str, config: ConfigOption = None) -> None:
+    """One study: its series and its timeline of audit events."""
+    from dicom_node.admin.queries import show_study  # noqa: PLC0415
+
+    detail = show_study(_engine(_settings(config)), uid)
+    if detail is None:
+        typer.echo(f"no study {uid}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(detail, indent=2))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply the index migrations."""
+    _engine(_settings(config))
+    typer.echo("index is at the latest revision")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # `dicom-node studies | head`
+        sys.exit(0)

@@ -1,0 +1,88 @@
+"""Read models for the CLI (and later the web UI): no patient names, ever."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from dicom_node.db.models import AuditEvent, Instance, Series, Study
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _summaries(engine: Engine, *where: Any, limit: int = 1000) -> list[dict[str, Any]]:
+    n_series = (
+        select(func.count(Series.id)).where(Series.study_id == Study.id).scalar_subquery()
+    )
+    n_instances = (
+        select(func.count(Instance.id))
+        .join(Series, Series.id == Instance.series_id)
+        .where(Series.study_id == Study.id)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(Study.__table__, n_series.label("n_series"), n_instances.label("n_instances"))
+        .where(*where)
+        .order_by(Study.last_received.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = [row._mapping for row in conn.execute(stmt)]
+    return [
+        {
+            "study_uid": r["study_uid"],
+            "state": r["state"],
+            "series": int(r["n_series"]),
+            "instances": int(r["n_instances"]),
+            "first_received": _iso(r["first_received"]),
+            "last_received": _iso(r["last_received"]),
+            "completed_at": _iso(r["completed_at"]),
+            "completion_reason": r["completion_reason"],
+            "times_completed": r["times_completed"],
+            "accession_hash": r["accession_hash"],
+        }
+        for r in rows
+    ]
+
+
+def list_studies(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:
+    """Most recently received first."""
+    return _summaries(engine, limit=limit)
+
+
+def show_study(engine: Engine, study_uid: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        study_id = conn.execute(
+            select(Study.id).where(Study.study_uid == study_uid)
+        ).scalar_one_or_none()
+        if study_id is None:
+            return None
+        series = conn.execute(
+            select(Series.series_uid, Series.modality, Series.series_number,
+                   func.count(Instance.id), func.min(Instance.received_at),
+                   func.max(Instance.received_at))
+            .join(Instance, Instance.series_id == Series.id, isouter=True)
+            .where(Series.study_id == study_id)
+            .group_by(Series.id)
+            .order_by(Series.series_number)
+        ).all()
+        events = conn.execute(
+            select(AuditEvent.at, AuditEvent.event_type, AuditEvent.actor, AuditEvent.details)
+            .where(AuditEvent.study_uid == study_uid)
+            .order_by(AuditEvent.at, AuditEvent.id)
+        ).all()
+    summary = _summaries(engine, Study.study_uid == study_uid)[0]
+    summary["series_detail"] = [
+        {"series_uid": uid, "modality": mod, "series_number": num, "instances": n,
+         "first_received": _iso(first), "last_received": _iso(last)}
+        for uid, mod, num, n, first, last in series
+    ]
+    summary["timeline"] = [
+        {"at": _iso(at), "event": etype, "actor": actor, "details": details}
+        for at, etype, actor, details in events
+    ]
+    return summary

@@ -1,0 +1,1 @@
+"""Audit: the event vocabulary and the recorder (append-only ``audit_events``)."""

@@ -1,0 +1,47 @@
+"""Write audit events inside the caller's transaction. Details never carry PHI."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, insert
+
+from dicom_node.db.models import AuditEvent, utcnow
+
+
+class AuditEventType(enum.StrEnum):
+    STUDY_RECEIVING = "study.receiving"
+    STUDY_COMPLETED = "study.completed"
+    STUDY_REOPENED = "study.reopened"
+    INSTANCE_DUPLICATE = "instance.duplicate"
+    INSTANCE_OVERWRITTEN = "instance.overwritten"
+    RECOVERY_INDEXED = "recovery.indexed"
+    RECOVERY_QUARANTINED = "recovery.quarantined"
+    ASSOCIATIONS_CLOSED_AT_START = "associations.closed_at_start"
+
+
+def record(
+    conn: Connection,
+    event_type: AuditEventType,
+    *,
+    study_uid: str | None = None,
+    entity_type: str | None = None,
+    entity_id: str | None = None,
+    details: dict[str, Any] | None = None,
+    actor: str = "system",
+    at: datetime | None = None,
+) -> None:
+    conn.execute(
+        insert(AuditEvent),
+        {
+            "at": at or utcnow(),
+            "event_type": str(event_type),
+            "actor": actor,
+            "study_uid": study_uid,
+            "entity_type": entity_type,
+            "entity_id": entity_id,
+            "details": details or {},
+        },
+    )

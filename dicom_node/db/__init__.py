@@ -1,0 +1,1 @@
+"""The index (SQLAlchemy 2) and its Alembic migrations."""

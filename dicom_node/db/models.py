@@ -1,0 +1,147 @@
+"""The index: only the attributes the node needs, never pixel data.
+
+Timestamps are timezone-aware UTC. ``audit_events`` is append-only and written in the same
+transaction as the state change it records.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores UTC, always returns aware datetimes (SQLite has no time zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to the index; use dicom_node.db.models.utcnow")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+UID = String(64)
+AE = String(16)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # sha256 of (IssuerOfPatientID, PatientID): enough to group studies, no PHI in the index.
+    patient_key: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[int | None] = mapped_column(ForeignKey("patients.id"))
+    accession_number: Mapped[str | None] = mapped_column(String(64))
+    accession_hash: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    first_received: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_received: Mapped[datetime] = mapped_column(UTCDateTime)
+    # When the current receiving episode began (first instance, or the reopening instance).
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completion_reason: Mapped[str | None] = mapped_column(String(32))
+    times_completed: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    first_received: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    association_id: Mapped[str | None] = mapped_column(ForeignKey("associations.id"), index=True)
+    duplicates_received: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Association(Base):
+    __tablename__ = "associations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+    called_ae: Mapped[str] = mapped_column(AE)
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(default=False)
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+
+
+class StudyAssociation(Base):
+    """Which associations delivered to which study: the evidence for the settle rule."""
+
+    __tablename__ = "study_associations"
+
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), primary_key=True)
+    association_id: Mapped[str] = mapped_column(ForeignKey("associations.id"), primary_key=True)
+
+
+class AuditEvent(Base):
+    """Append-only. One row per state change, in the same transaction as the change."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_study_uid_at", "study_uid", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    event_type: Mapped[str] = mapped_column(String(48), index=True)
+    actor: Mapped[str] = mapped_column(String(64), default="system")
+    study_uid: Mapped[str | None] = mapped_column(UID)
+    entity_type: Mapped[str | None] = mapped_column(String(32))
+    entity_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,64 @@
+"""Value types and lifecycle tables shared by every stage.
+
+State machines are data: one transition table per lifecycle, and a single function that refuses
+any move not in the table (the pattern of pynetdicom's ``fsm.TRANSITION_TABLE``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from collections.abc import Mapping
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_MAX_LENGTH = 64
+
+
+def is_valid_uid(value: object) -> bool:
+    """True for a DICOM UID (PS3.5 §9.1): digits and dots, at most 64 characters.
+
+    Leading zeros in a component are tolerated on input (real scanners emit them); what matters
+    for the node is that a UID can never carry a path separator, ``..`` or a NUL.
+    """
+    return isinstance(value, str) and 0 < len(value) <= UID_MAX_LENGTH and bool(_UID_RE.match(value))
+
+
+def phi_hash(value: str | None) -> str | None:
+    """A short, stable digest for identifiers that must not appear in logs (accession numbers)."""
+    if not value:
+        return None
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+
+
+class StudyState(enum.StrEnum):
+    RECEIVING = "RECEIVING"
+    COMPLETE = "COMPLETE"
+    REOPENED = "REOPENED"
+
+
+STUDY_TRANSITIONS: Mapping[StudyState, frozenset[StudyState]] = {
+    StudyState.RECEIVING: frozenset({StudyState.COMPLETE}),
+    StudyState.COMPLETE: frozenset({StudyState.REOPENED}),
+    StudyState.REOPENED: frozenset({StudyState.COMPLETE}),
+}
+
+OPEN_STUDY_STATES = frozenset({StudyState.RECEIVING, StudyState.REOPENED})
+
+
+class IllegalTransitionError(Exception):
+    """A state change that the lifecycle's transition table does not allow."""
+
+
+def check_transition(
+    table: Mapping[StudyState, frozenset[StudyState]], current: StudyState, target: StudyState
+) -> None:
+    if target not in table.get(current, frozenset()):
+        raise IllegalTransitionError(f"{current} -> {target} is not allowed")
+
+
+class AssociationEnd(enum.StrEnum):
+    RELEASED = "RELEASED"
+    ABORTED = "ABORTED"
+    CLOSED = "CLOSED"  # TCP closed without A-RELEASE/A-ABORT
+    NODE_RESTART = "NODE_RESTART"  # found open at start-up: the process that held it died

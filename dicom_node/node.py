@@ -1,0 +1,105 @@
+"""``dicom-node serve``: the whole node on one machine, and the one place to read its flow.
+
+1. prepare: migrate the index, run the recovery scan, close associations left open by a crash;
+2. receive: N SCP processes (``dicom_node.receive``) listen on one port with SO_REUSEPORT;
+   a supervisor restarts any that dies;
+3. complete: the sweeper (``dicom_node.studies``) turns evidence into COMPLETE studies.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from sqlalchemy import Engine
+
+from dicom_node.db.migrate import upgrade
+from dicom_node.db.session import make_engine
+from dicom_node.logs import get_logger
+from dicom_node.receive.scp import serve_scp_process
+from dicom_node.settings import Settings
+from dicom_node.storage.index import Index
+from dicom_node.storage.paths import StorageLayout
+from dicom_node.storage.recovery import RecoveryReport, recover
+from dicom_node.studies.policy import CompletionPolicy
+from dicom_node.studies.sweeper import Sweeper
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    engine: Engine
+    recovery: RecoveryReport
+    orphaned_associations: int
+
+
+def prepare(settings: Settings) -> Prepared:
+    url = settings.database.url.get_secret_value()
+    upgrade(url)
+    engine = make_engine(url)
+    report = recover(StorageLayout(settings.storage.root), engine)
+    orphaned = Index(engine).close_orphaned_associations()
+    return Prepared(engine, report, orphaned)
+
+
+def completion_policy(settings: Settings) -> CompletionPolicy:
+    c = settings.completion
+    return CompletionPolicy(c.quiet_period_s, c.settle_s, c.force_complete_after_s)
+
+
+def scp_process_count(settings: Settings) -> int:
+    return settings.node.scp_processes or os.cpu_count() or 1
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processes = scp_process_count(settings)
+        self._ctx = mp.get_context("spawn")
+        self._children: list[BaseProcess] = []
+        self._stop = threading.Event()
+
+    def _spawn(self) -> BaseProcess:
+        proc = self._ctx.Process(
+            target=serve_scp_process, args=(self.settings, self.processes), name="dicom-node-scp"
+        )
+        proc.daemon = True
+        proc.start()
+        return proc
+
+    def run(self) -> None:
+        prepared = prepare(self.settings)
+        sweeper = Sweeper(
+            prepared.engine,
+            completion_policy(self.settings),
+            self.settings.completion.sweep_interval_s,
+        )
+        sweeper.start()
+        index = Index(prepared.engine)
+        self._children = [self._spawn() for _ in range(self.processes)]
+        node = self.settings.node
+        log.info("node_started", ae_title=node.ae_title, host=node.host, port=node.port,
+                 scp_processes=self.processes, tls=self.settings.security.tls_cert is not None)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        while not self._stop.wait(0.5):
+            for i, child in enumerate(self._children):
+                if not child.is_alive():
+                    log.error("scp_process_died", pid=child.pid, exitcode=child.exitcode)
+                    index.close_orphaned_associations(pid=child.pid)
+                    self._children[i] = self._spawn()
+        sweeper.stop()
+        for child in self._children:
+            child.terminate()
+        for child in self._children:
+            child.join(timeout=5)
+        log.info("node_stopped")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop.set()

@@ -1,0 +1,1 @@
+"""① Receive: the Storage SCP (pynetdicom). Handlers are thin; statuses are named in ``statuses``."""

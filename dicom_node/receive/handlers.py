@@ -1,0 +1,180 @@
+"""Thin pynetdicom event handlers. The C-STORE handler is the one place that decides a status.
+
+Notifications (association start/end) can never break an association: their failures are logged.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_node.domain import AssociationEnd, is_valid_uid
+from dicom_node.errors import Rejected
+from dicom_node.logs import get_logger
+from dicom_node.receive import statuses
+from dicom_node.storage.index import AssociationCache, Index
+from dicom_node.storage.intake import Intake, StoreRequest, Stored
+from dicom_node.storage.writer import AtomicWriter
+
+log = get_logger(__name__)
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 §9.3.4
+REJECT_HOST_NOT_ALLOWED = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
+REJECT_DISK_RESERVE = (0x02, 0x03, 0x01)  # transient, service-provider, temporary congestion
+
+
+@dataclass(slots=True)
+class AssociationState:
+    id: str
+    calling_ae: str
+    cache: AssociationCache = field(default_factory=AssociationCache)
+    stored: int = 0
+    failed: int = 0
+
+
+class ScpHandlers:
+    """Binds the node's stages to pynetdicom's events for one SCP process."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        index: Index,
+        writer: AtomicWriter,
+        allowed_hosts: tuple[str, ...],
+    ) -> None:
+        self.intake = intake
+        self.index = index
+        self.writer = writer
+        self.allowed = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
+        self._assocs: dict[int, AssociationState] = {}
+
+    def bindings(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
+        ]
+
+    # -- association control ---------------------------------------------------------------
+    def on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        peer = assoc.requestor.address
+        calling = assoc.requestor.primitive.calling_ae_title  # PITFALLS 7
+        if self.allowed and not any(ipaddress.ip_address(peer) in n for n in self.allowed):
+            log.warning("association_rejected", reason="host not allowed", peer=peer,
+                        calling_ae=calling)
+            self._reject(assoc, REJECT_HOST_NOT_ALLOWED)
+        elif not self.writer.has_reserve():
+            log.error("association_rejected", reason="disk reserve reached", peer=peer,
+                      calling_ae=calling)
+            self._reject(assoc, REJECT_DISK_RESERVE)
+
+    @staticmethod
+    def _reject(assoc: Any, rsd: tuple[int, int, int]) -> None:
+        assoc.acse.send_reject(*rsd)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        log.info("association_rejected", peer=assoc.requestor.address,
+                 calling_ae=assoc.requestor.primitive.calling_ae_title,
+                 called_ae=assoc.requestor.primitive.called_ae_title)
+
+    def on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        state = AssociationState(id=str(uuid.uuid4()), calling_ae=assoc.requestor.ae_title)
+        self._assocs[id(assoc)] = state
+        try:
+            self.index.association_started(
+                state.id,
+                calling_ae=state.calling_ae,
+                called_ae=assoc.acceptor.ae_title,
+                peer_host=assoc.requestor.address,
+                peer_port=assoc.requestor.port,
+                tls=isinstance(assoc.dul.socket.socket, ssl.SSLSocket),
+                pid=os.getpid(),
+            )
+        except SQLAlchemyError:
+            log.exception("association_index_failed", association_id=state.id)
+        log.info("association_accepted", association_id=state.id, calling_ae=state.calling_ae,
+                 peer=assoc.requestor.address)
+
+    def _ended(self, event: Event, reason: AssociationEnd) -> None:
+        state = self._assocs.pop(id(event.assoc), None)
+        if state is None:
+            return  # rejected, or already recorded
+        try:
+            self.index.association_ended(state.id, reason)
+        except SQLAlchemyError:
+            log.exception("association_index_failed", association_id=state.id)
+        log.info("association_ended", association_id=state.id, calling_ae=state.calling_ae,
+                 how=str(reason), stored=state.stored, failed=state.failed)
+
+    def on_released(self, event: Event) -> None:
+        self._ended(event, AssociationEnd.RELEASED)
+
+    def on_aborted(self, event: Event) -> None:
+        self._ended(event, AssociationEnd.ABORTED)
+
+    def on_conn_close(self, event: Event) -> None:
+        self._ended(event, AssociationEnd.CLOSED)
+
+    # -- C-STORE ---------------------------------------------------------------------------
+    def on_c_store(self, event: Event) -> Dataset | int:
+        state = self._assocs.get(id(event.assoc))
+        rq = event.request
+        req = StoreRequest(
+            affected_sop_class_uid=str(rq.AffectedSOPClassUID or ""),
+            affected_sop_instance_uid=str(rq.AffectedSOPInstanceUID or ""),
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            dataset=lambda: event.dataset,
+            encoded=event.encoded_dataset,
+            association_id=state.id if state else None,
+        )
+        try:
+            outcome = self.intake.accept(req, state.cache if state else AssociationCache())
+        except Rejected as exc:
+            if state:
+                state.failed += 1
+            log.warning(
+                "c_store_failed",
+                association_id=req.association_id,
+                sop_instance_uid=_loggable_uid(req.affected_sop_instance_uid),
+                status=f"0x{exc.status:04X}",
+                status_name=statuses.NAMES.get(exc.status, ""),
+                error_comment=exc.comment,
+            )
+            return _status(exc.status, exc.comment)
+        if state:
+            state.stored += 1
+        if outcome.stored is not Stored.NEW:
+            log.info("c_store_duplicate", association_id=req.association_id,
+                     sop_instance_uid=outcome.key.sop_instance_uid, how=outcome.stored.value,
+                     study_uid=outcome.key.study_uid)
+        return statuses.SUCCESS
+
+
+def _status(code: int, comment: str) -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment
+    return ds
+
+
+def _loggable_uid(value: str) -> str:
+    """Request UIDs may be garbage (or an attack): log them only if they are UIDs."""
+    return value if is_valid_uid(value) else f"<invalid, {len(value)} chars>"

@@ -1,0 +1,60 @@
+"""Compose one SCP process: storage layout, writer, index, intake, handlers, AE and server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from dicom_node.db.session import make_engine
+from dicom_node.receive.ae import build_ae
+from dicom_node.receive.handlers import ScpHandlers
+from dicom_node.receive.server import NodeAssociationServer
+from dicom_node.receive.tls import server_context
+from dicom_node.settings import Settings
+from dicom_node.storage.index import Index
+from dicom_node.storage.intake import Intake
+from dicom_node.storage.paths import StorageLayout
+from dicom_node.storage.writer import AtomicWriter
+
+
+@dataclass(frozen=True, slots=True)
+class Scp:
+    server: NodeAssociationServer
+    handlers: ScpHandlers
+    engine: Engine
+
+
+def build_scp(settings: Settings, *, processes: int = 1, engine: Engine | None = None) -> Scp:
+    """A bound, listening (not yet serving) association server for this process."""
+    engine = engine or make_engine(settings.database.url.get_secret_value())
+    layout = StorageLayout(settings.storage.root)
+    layout.create()
+    writer = AtomicWriter(
+        layout.incoming,
+        fsync=settings.storage.fsync,
+        min_free_bytes=settings.storage.min_free_mb * 1024 * 1024,
+    )
+    index = Index(engine)
+    intake = Intake(
+        layout, writer, index, overwrite=settings.storage.duplicate_policy == "overwrite"
+    )
+    handlers = ScpHandlers(intake, index, writer, settings.security.allowed_hosts)
+    ae = build_ae(settings, processes=processes)
+    server = ae.make_server(
+        (settings.node.host, settings.node.port),
+        ssl_context=server_context(settings.security),
+        evt_handlers=handlers.bindings(),
+        server_class=NodeAssociationServer,
+    )
+    server.tls_handshake_timeout_s = settings.security.tls_handshake_timeout_s
+    return Scp(server=server, handlers=handlers, engine=engine)
+
+
+def serve_scp_process(settings: Settings, processes: int) -> None:
+    """Entry point of one SCP child process (spawned by ``dicom_node.node``)."""
+    from dicom_node import logs  # noqa: PLC0415
+
+    logs.configure(settings.logging.level, json_output=settings.logging.json_output)
+    scp = build_scp(settings, processes=processes)
+    scp.server.serve_forever(poll_interval=0.5)

@@ -1,0 +1,167 @@
+"""One frozen settings object for every stage of the flow.
+
+Built once at process start from, in order of precedence: ``DICOM_NODE_*`` environment variables
+(nested keys joined by ``__``, e.g. ``DICOM_NODE_NODE__PORT=11112``), then the TOML file given by
+``--config`` or ``DICOM_NODE_CONFIG``, then the defaults below. Defaults live here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]+$")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NodeSettings(_Section):
+    """The Storage SCP's identity and association limits."""
+
+    ae_title: AETitle = "DICOM_NODE"
+    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for modalities on the LAN
+    port: int = Field(default=11112, ge=1, le=65535)
+    require_called_ae: bool = True
+    max_associations: int = Field(default=32, ge=1)
+    max_pdu_bytes: int = Field(default=262_144, ge=0, description="0 = unlimited")
+    scp_processes: int = Field(default=0, ge=0, description="0 = one per CPU core")
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    dimse_timeout_s: float = Field(default=60.0, gt=0)
+    network_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class StorageSettings(_Section):
+    """Where acknowledged instances live, and what is kept free."""
+
+    root: Path = Path("var/storage")
+    min_free_mb: int = Field(default=1024, ge=0, description="below this, 0xA700 and no new assocs")
+    duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
+    fsync: bool = True
+
+
+class DatabaseSettings(_Section):
+    """The index. SQLite (WAL) by default; ``postgresql+psycopg://`` for a fleet."""
+
+    url: SecretStr = SecretStr("sqlite:///var/dicom-node.db")
+
+
+class CompletionSettings(_Section):
+    """When a study counts as complete. See ``dicom_node.studies.policy``."""
+
+    quiet_period_s: float = Field(default=60.0, gt=0)
+    settle_s: float = Field(default=3.0, ge=0)
+    force_complete_after_s: float = Field(default=3600.0, gt=0)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+
+
+class SecuritySettings(_Section):
+    """Who may associate, and TLS."""
+
+    allowed_calling_aes: tuple[AETitle, ...] = ()
+    allowed_hosts: tuple[str, ...] = Field(default=(), description="IPs or CIDRs; empty = any")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = Field(default=None, description="set to require client certificates")
+    tls_handshake_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress  # noqa: PLC0415 - only needed to validate
+
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    json_output: bool = True
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Frozen: build it once, pass it down."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="DICOM_NODE_",
+        env_nested_delimiter="__",
+    )
+
+    node: NodeSettings = NodeSettings()
+    storage: StorageSettings = StorageSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    completion: CompletionSettings = CompletionSettings()
+    security: SecuritySettings = SecuritySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
+        return (init_settings, env_settings, toml)
+
+
+class SettingsError(Exception):
+    """A configuration value is invalid; the message names the key."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the frozen settings from the TOML file, the environment and ``overrides``."""
+    if config_file is None and os.environ.get(CONFIG_ENV):
+        config_file = Path(os.environ[CONFIG_ENV])
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file not found: {config_file}")
+    token = _config_file.set(config_file)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+        raise SettingsError(f"cannot read {config_file}: {exc}") from None
+    finally:
+        _config_file.reset(token)
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"invalid setting {key}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, with secrets masked (passwords in URLs too)."""
+    data = settings.model_dump(mode="json")
+    url = settings.database.url.get_secret_value()
+    data["database"]["url"] = _mask_url(url)
+    return data
+
+
+def _mask_url(url: str) -> str:
+    from sqlalchemy.engine import make_url  # noqa: PLC0415 - keep settings import-light
+
+    return make_url(url).render_as_string(hide_password=True)

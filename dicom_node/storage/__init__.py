@@ -1,0 +1,1 @@
+"""② Storage: instance files under the storage root, written atomically, and their index rows."""

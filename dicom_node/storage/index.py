@@ -1,0 +1,234 @@
+"""Index rows for stored instances, written in one short transaction per instance.
+
+The C-STORE handler is on the sender's critical path (PITFALLS 3), so this uses SQLAlchemy Core
+and remembers, per association, which study/series rows it has already ensured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Insert, Table, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from dicom_node.audit.recorder import AuditEventType, record
+from dicom_node.db.models import (
+    Association,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    StudyAssociation,
+    utcnow,
+)
+from dicom_node.domain import AssociationEnd, StudyState, phi_hash
+from dicom_node.storage.paths import InstanceKey
+from dicom_node.studies.transitions import transition_study
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """What the index keeps of one received instance (no PHI beyond the accession number)."""
+
+    key: InstanceKey
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    relative_path: str
+    size_bytes: int
+    received_at: datetime
+    association_id: str | None
+    patient_key: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = None
+    modality: str | None = None
+    series_number: int | None = None
+    instance_number: int | None = None
+
+
+@dataclass(slots=True)
+class AssociationCache:
+    """Row ids already ensured by this association (ids never change once written)."""
+
+    studies: dict[str, int] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)
+
+
+def _insert_ignore(conn: Connection, table: Table) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` for the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+class Index:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- associations ----------------------------------------------------------------------
+    def association_started(self, assoc_id: str, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(Association), {"id": assoc_id, "started_at": utcnow(), **values})
+
+    def association_ended(self, assoc_id: str, reason: AssociationEnd) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Association)
+                .where(Association.id == assoc_id, Association.ended_at.is_(None))
+                .values(ended_at=utcnow(), end_reason=str(reason))
+            )
+
+    def close_orphaned_associations(self, pid: int | None = None) -> int:
+        """Associations still open that belonged to a dead process (all of them at start-up)."""
+        where = [Association.ended_at.is_(None)]
+        if pid is not None:
+            where.append(Association.pid == pid)
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(Association)
+                .where(*where)
+                .values(ended_at=utcnow(), end_reason=str(AssociationEnd.NODE_RESTART))
+            )
+            if result.rowcount:
+                record(
+                    conn,
+                    AuditEventType.ASSOCIATIONS_CLOSED_AT_START,
+                    details={"count": result.rowcount, "pid": pid},
+                )
+            return int(result.rowcount)
+
+    # -- instances -------------------------------------------------------------------------
+    def record_instance(
+        self,
+        rec: InstanceRecord,
+        cache: AssociationCache,
+        *,
+        duplicate: bool,
+        overwritten: bool,
+    ) -> None:
+        """Index one instance; audit duplicates and reopened studies in the same transaction."""
+        with self.engine.begin() as conn:
+            study_id = self._ensure_study(conn, rec, cache, touch=not duplicate or overwritten)
+            series_id = self._ensure_series(conn, rec, study_id, cache)
+            values = {
+                "sop_instance_uid": rec.key.sop_instance_uid,
+                "series_id": series_id,
+                "sop_class_uid": rec.sop_class_uid,
+                "transfer_syntax_uid": rec.transfer_syntax_uid,
+                "instance_number": rec.instance_number,
+                "path": rec.relative_path,
+                "size_bytes": rec.size_bytes,
+                "received_at": rec.received_at,
+                "association_id": rec.association_id,
+                "duplicates_received": 0,
+            }
+            inserted = conn.execute(_insert_ignore(conn, Instance.__table__), values).rowcount
+            if inserted or not duplicate:
+                return
+            where = Instance.sop_instance_uid == rec.key.sop_instance_uid
+            changes: dict[str, Any] = {"duplicates_received": Instance.duplicates_received + 1}
+            if overwritten:
+                changes.update({k: values[k] for k in ("transfer_syntax_uid", "size_bytes")})
+                changes.update(received_at=rec.received_at, association_id=rec.association_id)
+            conn.execute(update(Instance).where(where).values(**changes))
+            record(
+                conn,
+                AuditEventType.INSTANCE_OVERWRITTEN if overwritten else AuditEventType.INSTANCE_DUPLICATE,
+                study_uid=rec.key.study_uid,
+                entity_type="instance",
+                entity_id=rec.key.sop_instance_uid,
+                details={"association_id": rec.association_id, "series_uid": rec.key.series_uid},
+            )
+
+    def _ensure_study(
+        self, conn: Connection, rec: InstanceRecord, cache: AssociationCache, *, touch: bool
+    ) -> int:
+        uid = rec.key.study_uid
+        study_id = cache.studies.get(uid)
+        if study_id is None:
+            study_id = self._create_or_get_study(conn, rec)
+            cache.studies[uid] = study_id
+            if rec.association_id is not None:
+                conn.execute(
+                    _insert_ignore(conn, StudyAssociation.__table__),
+                    {"study_id": study_id, "association_id": rec.association_id},
+                )
+        if touch:
+            # A no-op unless the study was COMPLETE: the UPDATE is conditional on the state.
+            transition_study(
+                conn,
+                study_id=study_id,
+                study_uid=uid,
+                current=StudyState.COMPLETE,
+                target=StudyState.REOPENED,
+                at=rec.received_at,
+                reason="instance received after completion",
+                details={"sop_instance_uid": rec.key.sop_instance_uid},
+            )
+            conn.execute(
+                update(Study).where(Study.id == study_id).values(last_received=rec.received_at)
+            )
+        return study_id
+
+    def _create_or_get_study(self, conn: Connection, rec: InstanceRecord) -> int:
+        patient_id = None
+        if rec.patient_key is not None:
+            conn.execute(
+                _insert_ignore(conn, Patient.__table__),
+                {"patient_key": rec.patient_key, "created_at": rec.received_at},
+            )
+            patient_id = conn.execute(
+                select(Patient.id).where(Patient.patient_key == rec.patient_key)
+            ).scalar_one()
+        created = conn.execute(
+            _insert_ignore(conn, Study.__table__),
+            {
+                "study_uid": rec.key.study_uid,
+                "patient_id": patient_id,
+                "accession_number": rec.accession_number,
+                "accession_hash": phi_hash(rec.accession_number),
+                "study_date": rec.study_date,
+                "state": str(StudyState.RECEIVING),
+                "first_received": rec.received_at,
+                "last_received": rec.received_at,
+                "opened_at": rec.received_at,
+                "times_completed": 0,
+            },
+        ).rowcount
+        study_id = conn.execute(
+            select(Study.id).where(Study.study_uid == rec.key.study_uid)
+        ).scalar_one()
+        if created:
+            record(
+                conn,
+                AuditEventType.STUDY_RECEIVING,
+                study_uid=rec.key.study_uid,
+                entity_type="study",
+                entity_id=rec.key.study_uid,
+                at=rec.received_at,
+                details={"association_id": rec.association_id, "to": str(StudyState.RECEIVING)},
+            )
+        return int(study_id)
+
+    def _ensure_series(
+        self, conn: Connection, rec: InstanceRecord, study_id: int, cache: AssociationCache
+    ) -> int:
+        uid = rec.key.series_uid
+        series_id = cache.series.get(uid)
+        if series_id is None:
+            conn.execute(
+                _insert_ignore(conn, Series.__table__),
+                {
+                    "series_uid": uid,
+                    "study_id": study_id,
+                    "modality": rec.modality,
+                    "series_number": rec.series_number,
+                    "first_received": rec.received_at,
+                },
+            )
+            series_id = int(
+                conn.execute(select(Series.id).where(Series.series_uid == uid)).scalar_one()
+            )
+            cache.series[uid] = series_id
+        return series_id

@@ -1,0 +1,188 @@
+"""Accept one C-STORE: check it, write it durably, index it. The handler maps the outcome.
+
+Order matters: nothing is written before every check has passed, and Success is only possible
+after the file is fsynced and renamed and its index row is committed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from sqlalchemy.exc import DBAPIError
+
+from dicom_node.db.models import utcnow
+from dicom_node.domain import is_valid_uid
+from dicom_node.errors import Rejected
+from dicom_node.receive import statuses
+from dicom_node.storage.index import AssociationCache, Index, InstanceRecord
+from dicom_node.storage.paths import InstanceKey, StorageLayout
+from dicom_node.storage.writer import AtomicWriter
+
+
+class Stored(enum.Enum):
+    NEW = "new"
+    DUPLICATE_KEPT_FIRST = "duplicate_kept_first"
+    DUPLICATE_OVERWRITTEN = "duplicate_overwritten"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """The parts of a C-STORE-RQ the node looks at."""
+
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset: Callable[[], Dataset]  # decoded lazily: parsing errors become a named status
+    encoded: Callable[[], bytes]  # the data set exactly as received, with file meta
+    association_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    stored: Stored
+    key: InstanceKey
+    size_bytes: int
+
+
+class Intake:
+    def __init__(
+        self, layout: StorageLayout, writer: AtomicWriter, index: Index, *, overwrite: bool
+    ) -> None:
+        self.layout = layout
+        self.writer = writer
+        self.index = index
+        self.overwrite = overwrite
+
+    def accept(self, req: StoreRequest, cache: AssociationCache) -> StoreOutcome:
+        for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
+            if not is_valid_uid(getattr(req, name)):
+                raise Rejected(statuses.CANNOT_UNDERSTAND_INVALID_UID, f"invalid request {name}")
+        ds = _decode(req)
+        attrs = _attributes(ds)
+        _check_matches_request(attrs, req)
+        key = InstanceKey(
+            study_uid=_required_uid(attrs, "StudyInstanceUID"),
+            series_uid=_required_uid(attrs, "SeriesInstanceUID"),
+            sop_instance_uid=req.affected_sop_instance_uid,
+        )
+        final = self.layout.path_for(key)
+        written = self.writer.write(final, [req.encoded()], overwrite=self.overwrite)
+        if not written.existed:
+            stored = Stored.NEW
+        elif self.overwrite:
+            stored = Stored.DUPLICATE_OVERWRITTEN
+        else:
+            stored = Stored.DUPLICATE_KEPT_FIRST
+        rec = InstanceRecord(
+            key=key,
+            sop_class_uid=req.affected_sop_class_uid,
+            transfer_syntax_uid=req.transfer_syntax_uid,
+            relative_path=key.relative_path(),
+            size_bytes=written.size_bytes,
+            received_at=utcnow(),
+            association_id=req.association_id,
+            patient_key=_patient_key(attrs),
+            accession_number=_text(attrs.get("AccessionNumber")),
+            study_date=_text(attrs.get("StudyDate")),
+            modality=_text(attrs.get("Modality")),
+            series_number=_int(attrs.get("SeriesNumber")),
+            instance_number=_int(attrs.get("InstanceNumber")),
+        )
+        try:
+            self.index.record_instance(
+                rec,
+                cache,
+                duplicate=stored is not Stored.NEW,
+                overwritten=stored is Stored.DUPLICATE_OVERWRITTEN,
+            )
+        except DBAPIError as exc:
+            # The file is durable; a retry finds it and indexes it (keep-first path), and the
+            # recovery scan would too. Tell the sender to retry.
+            raise Rejected(
+                statuses.OUT_OF_RESOURCES_INDEX_BUSY, "index unavailable, retry later"
+            ) from exc
+        return StoreOutcome(stored, key, written.size_bytes)
+
+
+_INDEXED_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "StudyDate",
+    "Modality",
+    "SeriesNumber",
+    "InstanceNumber",
+)
+
+
+def _decode(req: StoreRequest) -> Dataset:
+    try:
+        return req.dataset()
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
+        raise Rejected(
+            statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"data set not decodable: {type(exc).__name__}"
+        ) from exc
+
+
+def _attributes(ds: Dataset) -> dict[str, Any]:
+    """Read only the attributes the index needs; a bad value is a named status, not a crash."""
+    out: dict[str, Any] = {}
+    for keyword in _INDEXED_KEYWORDS:
+        try:
+            out[keyword] = ds.get(keyword)
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad values
+            raise Rejected(
+                statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"{keyword} not decodable"
+            ) from exc
+    return out
+
+
+def _check_matches_request(attrs: dict[str, Any], req: StoreRequest) -> None:
+    """PITFALLS 10: the data set's own SOP UIDs must exist and equal the request's."""
+    for keyword, requested in (
+        ("SOPClassUID", req.affected_sop_class_uid),
+        ("SOPInstanceUID", req.affected_sop_instance_uid),
+    ):
+        own = attrs.get(keyword)
+        if own is None or str(own) == "":
+            raise Rejected(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set has no {keyword}")
+        if str(own) != requested:
+            raise Rejected(
+                statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set {keyword} differs from request"
+            )
+
+
+def _required_uid(attrs: dict[str, Any], keyword: str) -> str:
+    value = attrs.get(keyword)
+    if value is None or str(value) == "":
+        raise Rejected(statuses.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"missing {keyword}")
+    return str(value)
+
+
+def _patient_key(attrs: dict[str, Any]) -> str | None:
+    pid = _text(attrs.get("PatientID"))
+    if pid is None:
+        return None
+    issuer = _text(attrs.get("IssuerOfPatientID")) or ""
+    return hashlib.sha256(f"{issuer}\\{pid}".encode()).hexdigest()
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,86 @@
+"""Atomic, durable file writes: temp file in ``incoming/``, fsync, then link or rename.
+
+``keep_first`` publishes with ``os.link`` (fails if the name exists: atomic keep-first even when
+two associations race on one SOP Instance UID); ``overwrite`` publishes with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicom_node.errors import Rejected
+from dicom_node.receive import statuses
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    path: Path
+    size_bytes: int
+    existed: bool  # a file of that name was already there (a duplicate)
+
+
+class AtomicWriter:
+    def __init__(self, incoming: Path, *, fsync: bool, min_free_bytes: int) -> None:
+        self.incoming = incoming
+        self.fsync = fsync
+        self.min_free_bytes = min_free_bytes
+        self._known_dirs: set[Path] = set()
+
+    def has_reserve(self) -> bool:
+        return shutil.disk_usage(self.incoming).free >= self.min_free_bytes
+
+    def write(self, final: Path, chunks: list[bytes], *, overwrite: bool) -> WriteResult:
+        """Write ``chunks`` to ``final`` so that the name never refers to a partial file."""
+        size = sum(len(c) for c in chunks)
+        if shutil.disk_usage(self.incoming).free - size < self.min_free_bytes:
+            raise Rejected(statuses.OUT_OF_RESOURCES_DISK_RESERVE, "disk reserve reached")
+        if not overwrite and final.exists():
+            return WriteResult(final, size, existed=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            try:
+                with os.fdopen(fd, "wb", buffering=0) as fh:
+                    for chunk in chunks:
+                        fh.write(chunk)
+                    if self.fsync:
+                        os.fdatasync(fh.fileno())
+                return self._publish(tmp, final, size, overwrite=overwrite)
+            except OSError as exc:
+                raise Rejected(
+                    statuses.OUT_OF_RESOURCES_WRITE_FAILED, f"write failed: {exc.strerror}"
+                ) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _publish(self, tmp: Path, final: Path, size: int, *, overwrite: bool) -> WriteResult:
+        parent = final.parent
+        if parent not in self._known_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._fsync_dir(parent.parent)  # the new series folder's entry
+            self._known_dirs.add(parent)
+        existed = False
+        if overwrite:
+            existed = final.exists()
+            tmp.replace(final)
+        else:
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                existed = True
+        if not existed or overwrite:
+            self._fsync_dir(parent)
+        return WriteResult(final, size, existed=existed)
+
+    def _fsync_dir(self, folder: Path) -> None:
+        if not self.fsync:
+            return
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

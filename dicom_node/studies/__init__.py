@@ -1,0 +1,1 @@
+"""③ Studies: when a study is complete (a pure policy), the sweeper that applies it, transitions."""

@@ -1,0 +1,103 @@
+"""The completeness sweeper: reads the evidence from the index, applies the policy, transitions.
+
+Stateless between sweeps (the database is the truth), so a restarted node simply carries on.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Engine, and_, case, func, or_, select
+
+from dicom_node.db.models import Association, Study, StudyAssociation, utcnow
+from dicom_node.domain import OPEN_STUDY_STATES, AssociationEnd, StudyState
+from dicom_node.logs import get_logger
+from dicom_node.studies.policy import CompletionPolicy, StudyEvidence, decide
+from dicom_node.studies.transitions import transition_study
+
+log = get_logger(__name__)
+
+
+def _evidence_query():  # type: ignore[no-untyped-def]  # a SQLAlchemy Select of many columns
+    in_episode = or_(Association.ended_at.is_(None), Association.ended_at >= Study.opened_at)
+    open_ = case((Association.ended_at.is_(None), 1), else_=0)
+    unreleased = case(
+        (
+            and_(
+                Association.ended_at.is_not(None),
+                Association.end_reason != str(AssociationEnd.RELEASED),
+                in_episode,
+            ),
+            1,
+        ),
+        else_=0,
+    )
+    return (
+        select(
+            Study.id,
+            Study.study_uid,
+            Study.state,
+            Study.opened_at,
+            Study.last_received,
+            func.coalesce(func.sum(open_), 0),
+            func.coalesce(func.sum(unreleased), 0),
+        )
+        .select_from(Study)
+        .outerjoin(StudyAssociation, StudyAssociation.study_id == Study.id)
+        .outerjoin(Association, Association.id == StudyAssociation.association_id)
+        .where(Study.state.in_([str(s) for s in OPEN_STUDY_STATES]))
+        .group_by(Study.id)
+    )
+
+
+def sweep_once(engine: Engine, policy: CompletionPolicy) -> list[str]:
+    """Complete every study whose evidence says so. Returns their UIDs."""
+    now = utcnow()
+    with engine.connect() as conn:
+        rows = conn.execute(_evidence_query()).all()
+    completed: list[str] = []
+    for study_id, uid, state, opened_at, last_received, n_open, n_unreleased in rows:
+        evidence = StudyEvidence(
+            state=StudyState(state),
+            opened_at=opened_at,
+            last_received=last_received,
+            open_associations=int(n_open),
+            unreleased_associations=int(n_unreleased),
+        )
+        reason = decide(evidence, now, policy)
+        if reason is None:
+            continue
+        with engine.begin() as conn:
+            moved = transition_study(
+                conn,
+                study_id=study_id,
+                study_uid=uid,
+                current=evidence.state,
+                target=StudyState.COMPLETE,
+                at=now,
+                reason=str(reason),
+            )
+        if moved:
+            completed.append(uid)
+            log.info("study_completed", study_uid=uid, reason=str(reason),
+                     quiet_s=round((now - last_received).total_seconds(), 3))
+    return completed
+
+
+class Sweeper(threading.Thread):
+    def __init__(self, engine: Engine, policy: CompletionPolicy, interval_s: float) -> None:
+        super().__init__(name="completion-sweeper", daemon=True)
+        self.engine = engine
+        self.policy = policy
+        self.interval_s = interval_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval_s):
+            try:
+                sweep_once(self.engine, self.policy)
+            except Exception:  # noqa: BLE001 - the loop must survive a DB hiccup; next sweep retries
+                log.exception("sweep_failed")
+
+    def stop(self) -> None:
+        self.stopping.set()
