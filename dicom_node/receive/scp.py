@@ -48,6 +48,7 @@ def build_scp(settings: Settings, *, processes: int = 1, engine: Engine | None =
         server_class=NodeAssociationServer,
     )
     server.tls_handshake_timeout_s = settings.security.tls_handshake_timeout_s
+    ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can unregister
     return Scp(server=server, handlers=handlers, engine=engine)
 
 

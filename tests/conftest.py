@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.helpers import RunningNode, node_settings, start_node, testdata_root, unique_name
+
+PG_ADMIN_URL = os.environ.get("DICOM_NODE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def testdata() -> Path:
+    root = testdata_root()
+    if root is None:
+        reason = (
+            "real DICOM test data not found: set DICOM_NODE_TESTDATA or run "
+            "`python tools/fetch_testdata.py` (see README)"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must not skip: {reason}")
+        pytest.skip(reason)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ct_dir(testdata: Path) -> Path:
+    return testdata / "dcm_qa_ct/In/Philips/S21610/S2010"
+
+
+@pytest.fixture(scope="session")
+def ct_slice(ct_dir: Path) -> Path:
+    return sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")[0]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RunningNode]:
+    running = start_node(node_settings(tmp_path))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    name = f"dicom_node_test_{unique_name()}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must not skip: PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
+    with admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

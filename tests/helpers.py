@@ -1,0 +1,164 @@
+"""Shared test helpers: real peers on loopback, no sleeps without a predicate."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from sqlalchemy import Engine
+
+from dicom_node.admin.queries import list_studies
+from dicom_node.node import completion_policy, prepare
+from dicom_node.receive.scp import Scp, build_scp
+from dicom_node.settings import Settings, load_settings
+from dicom_node.studies.sweeper import Sweeper
+
+REPO = Path(__file__).resolve().parents[1]
+DCMTK = Path("/usr/bin")  # PITFALLS 9: pynetdicom's console scripts shadow dcmtk's names
+NODE_AE = "DICOM_NODE"
+
+
+def testdata_root() -> Path | None:
+    configured = os.environ.get("DICOM_NODE_TESTDATA")
+    root = Path(configured) if configured else REPO.parent / "shared" / "testdata"
+    return root if root.is_dir() else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for: {message}")
+        time.sleep(interval)
+
+
+def node_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, Any]) -> Settings:
+    base: dict[str, dict[str, Any]] = {
+        "node": {"host": "127.0.0.1", "port": free_port(), "scp_processes": 1},
+        "storage": {"root": str(tmp / "storage"), "min_free_mb": 10},
+        "database": {"url": db_url or f"sqlite:///{tmp / 'index.db'}"},
+        "completion": {"quiet_period_s": 4.0, "settle_s": 1.0, "sweep_interval_s": 0.1},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return load_settings(**base)
+
+
+@dataclass
+class RunningNode:
+    settings: Settings
+    engine: Engine
+    scp: Scp
+    sweeper: Sweeper | None
+
+    @property
+    def port(self) -> int:
+        return self.settings.node.port
+
+    @property
+    def root(self) -> Path:
+        return Path(self.settings.storage.root)
+
+    def studies(self) -> list[dict[str, Any]]:
+        return list_studies(self.engine)
+
+    def study(self, uid: str) -> dict[str, Any] | None:
+        return next((s for s in self.studies() if s["study_uid"] == uid), None)
+
+    def stop(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
+        self.scp.server.shutdown()
+        self.scp.server.server_close()
+        self.engine.dispose()
+
+
+def start_node(settings: Settings, *, sweeper: bool = True) -> RunningNode:
+    """The node's SCP and sweeper in this process (pynetdicom's own test pattern)."""
+    prepared = prepare(settings)
+    scp = build_scp(settings, engine=prepared.engine)
+    threading.Thread(target=scp.server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    sw = None
+    if sweeper:
+        sw = Sweeper(prepared.engine, completion_policy(settings),
+                     settings.completion.sweep_interval_s)
+        sw.start()
+    return RunningNode(settings, prepared.engine, scp, sw)
+
+
+def scu(calling: str = "TESTSCU", syntaxes: Iterable[str] = (ExplicitVRLittleEndian,)) -> AE:
+    from pynetdicom import StoragePresentationContexts  # noqa: PLC0415
+    from pynetdicom.sop_class import Verification  # noqa: PLC0415
+
+    ae = AE(ae_title=calling)
+    ae.requested_contexts = [
+        *[_ctx(cx.abstract_syntax, syntaxes) for cx in StoragePresentationContexts[:127]],
+        _ctx(Verification, syntaxes),
+    ]
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    return ae
+
+
+def _ctx(abstract: Any, syntaxes: Iterable[str]) -> Any:
+    from pynetdicom.presentation import build_context  # noqa: PLC0415
+
+    return build_context(abstract, list(syntaxes))
+
+
+def send_datasets(port: int, datasets: Iterable[Dataset], *, calling: str = "TESTSCU",
+                  pause_s: float = 0.0) -> list[int]:
+    """One association; returns each C-STORE's status."""
+    ae = scu(calling, syntaxes=[ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assert assoc.is_established, "association not established"
+    codes = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            codes.append(int(status.Status) if status else -1)
+            if pause_s:
+                time.sleep(pause_s)
+    finally:
+        assoc.release()
+    return codes
+
+
+def fresh_series(template: Path, count: int, study_uid: str | None = None) -> list[Dataset]:
+    """``count`` real CT slices re-identified into one new series (pixel data unchanged)."""
+    src = dcmread(template)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    out = []
+    for i in range(count):
+        ds = src.copy()
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.InstanceNumber = i + 1
+        out.append(ds)
+    return out
+
+
+def unique_name() -> str:
+    return uuid.uuid4().hex[:8]
