@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from tests.helpers import RunningNode, node_settings, start_node, testdata_root, unique_name
 
@@ -56,6 +58,30 @@ def pg_url() -> Iterator[str]:
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}")
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    yield url.render_as_string(hide_password=False)
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Mount a small tmpfs (root only): a real filesystem that really fills up."""
+    mounted: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
+                               str(target)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            reason = f"cannot mount a tmpfs here: {done.stderr.strip()}"
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must not skip: {reason}")
+            pytest.skip(reason)
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], check=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import threading
@@ -151,7 +152,7 @@ def fresh_series(template: Path, count: int, study_uid: str | None = None) -> li
     series_uid = generate_uid()
     out = []
     for i in range(count):
-        ds = src.copy()
+        ds = copy.deepcopy(src)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid()

@@ -16,6 +16,9 @@ from dicom_node.errors import Rejected
 from dicom_node.receive import statuses
 
 
+ASSOCIATION_HEADROOM_BYTES = 4 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     path: Path
@@ -31,7 +34,10 @@ class AtomicWriter:
         self._known_dirs: set[Path] = set()
 
     def has_reserve(self) -> bool:
-        return shutil.disk_usage(self.incoming).free >= self.min_free_bytes
+        """May a new association start? Wants room for at least one large instance above the
+        reserve, so a sender is refused up front rather than after its first few stores."""
+        free = shutil.disk_usage(self.incoming).free
+        return free >= self.min_free_bytes + ASSOCIATION_HEADROOM_BYTES
 
     def write(self, final: Path, chunks: list[bytes], *, overwrite: bool) -> WriteResult:
         """Write ``chunks`` to ``final`` so that the name never refers to a partial file."""
