@@ -39,23 +39,26 @@ class NodeAssociationServer(ThreadedAssociationServer):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         if self.ssl_context is not None:
-            try:
-                request = self._handshake(request)
-            except (OSError, ssl.SSLError) as exc:
-                log.warning(
-                    "tls_handshake_failed",
-                    peer=str(client_address[0]),
-                    error=type(exc).__name__,
-                    reason=str(exc)[:200],
-                )
-                self.shutdown_request(request)
+            request = self._handshake(request, client_address)
+            if request is None:
                 return
         super().process_request_thread(request, client_address)
 
-    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+    def _handshake(self, raw: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
+        """The TLS handshake, bounded in time; ``None`` (socket closed) if it fails."""
         assert self.ssl_context is not None  # noqa: S101
         raw.settimeout(self.tls_handshake_timeout_s)
         tls = self.ssl_context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        tls.do_handshake()
+        try:
+            tls.do_handshake()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning(
+                "tls_handshake_failed",
+                peer=str(client_address[0]),
+                error=type(exc).__name__,
+                reason=str(exc)[:200],
+            )
+            self.shutdown_request(tls)
+            return None
         tls.settimeout(None)
         return tls

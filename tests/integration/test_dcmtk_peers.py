@@ -17,7 +17,8 @@ from pydicom.uid import UID
 from sqlalchemy import select
 
 from dicom_node.db.models import Instance
-from tests.helpers import DCMTK, NODE_AE, RunningNode, free_port, wait_for
+from tests.helpers import DCMTK, NODE_AE, RunningNode
+from tests.peers import storescp
 
 # storescu only proposes what it is told to (PITFALLS 11); one flag per transfer syntax.
 STORESCU_FLAG = {
@@ -102,16 +103,8 @@ def test_echoscu(node: RunningNode) -> None:
 def reference_storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """dcmtk storescp in bit-preserving mode (+B): writes each data set exactly as received."""
     out = tmp_path / "storescp"
-    out.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [DCMTK / "storescp", "+B", "+xa", "-aet", "REF", "-od", str(out), str(port)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    wait_for(lambda: echo_ok(port, "REF"), 10, "storescp listening")
-    yield port, out
-    proc.terminate()
-    proc.wait(timeout=10)
+    with storescp(out, aet="REF", bit_preserving=True) as port:
+        yield port, out
 
 
 def _content(path: Path) -> Dataset:
@@ -121,11 +114,6 @@ def _content(path: Path) -> Dataset:
     if pixels is not None and len(pixels) % 2:
         ds.PixelData = pixels + b"\x00"  # PS3.5 7.1.1: values have even length; dcmtk pads
     return ds
-
-
-def echo_ok(port: int, aet: str) -> bool:
-    return subprocess.run([DCMTK / "echoscu", "-aec", aet, "127.0.0.1", str(port)],
-                          capture_output=True, check=False).returncode == 0
 
 
 def test_storescu_every_folder_stored_as_received(

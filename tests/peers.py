@@ -1,0 +1,105 @@
+"""Real DICOM peers for tests and benchmarks: Orthanc and dcmtk storescp, each on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import DCMTK, free_port, wait_for
+
+ORTHANC = Path("/usr/sbin/Orthanc")
+
+
+@dataclass
+class OrthancPeer:
+    http_port: int
+    dicom_port: int
+    aet: str
+
+    def api(self, method: str, path: str, body: bytes | None = None) -> Any:
+        req = urllib.request.Request(  # noqa: S310 - loopback only
+            f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method
+        )
+        with urllib.request.urlopen(req, timeout=120) as rsp:  # noqa: S310
+            return json.loads(rsp.read() or b"null")
+
+
+@contextmanager
+def orthanc(workdir: Path, modalities: dict[str, list[Any]] | None = None,
+            aet: str = "ORTHANC") -> Iterator[OrthancPeer]:
+    """Orthanc with its own config and storage (PITFALLS 12: it binds all interfaces)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    peer = OrthancPeer(free_port(), free_port(), aet)
+    config = {
+        "Name": "dicom-node-test",
+        "StorageDirectory": str(workdir / "db"),
+        "IndexDirectory": str(workdir / "db"),
+        "HttpPort": peer.http_port,
+        "DicomPort": peer.dicom_port,
+        "DicomAet": aet,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "DicomModalities": modalities or {},
+        "StableAge": 1,
+        "Plugins": [],
+        "HttpServerEnabled": True,
+        "DicomAlwaysAllowStore": True,
+        "DicomAlwaysAllowEcho": True,
+        "StorageCompression": False,
+        "SaveJobs": False,
+    }
+    cfg = workdir / "orthanc.json"
+    cfg.write_text(json.dumps(config))
+    log = (workdir / "orthanc.log").open("wb")
+    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TCP_NODELAY": "1"})
+    try:
+        wait_for(lambda: _alive(peer), 30, "Orthanc answering HTTP")
+        yield peer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
+def _alive(peer: OrthancPeer) -> bool:
+    try:
+        peer.api("GET", "/system")
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def storescp(outdir: Path, *, fork: bool = False, aet: str = "STORESCP",
+             bit_preserving: bool = False) -> Iterator[int]:
+    """dcmtk storescp on a free port; yields the port."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    args = [DCMTK / "storescp", "+xa", "-aet", aet, "-od", str(outdir)]
+    if fork:
+        args.append("--fork")
+    if bit_preserving:
+        args.append("+B")
+    proc = subprocess.Popen([*map(str, args), str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"},
+                            start_new_session=True)
+    try:
+        wait_for(lambda: echo_ok(port, aet), 10, "storescp listening")
+        yield port
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=10)
+
+
+def echo_ok(port: int, aet: str) -> bool:
+    return subprocess.run([DCMTK / "echoscu", "-aec", aet, "127.0.0.1", str(port)],
+                          capture_output=True, check=False).returncode == 0
