@@ -21,7 +21,9 @@ def is_valid_uid(value: object) -> bool:
     Leading zeros in a component are tolerated on input (real scanners emit them); what matters
     for the node is that a UID can never carry a path separator, ``..`` or a NUL.
     """
-    return isinstance(value, str) and 0 < len(value) <= UID_MAX_LENGTH and bool(_UID_RE.match(value))
+    return (
+        isinstance(value, str) and 0 < len(value) <= UID_MAX_LENGTH and bool(_UID_RE.match(value))
+    )
 
 
 def phi_hash(value: str | None) -> str | None:

@@ -84,8 +84,14 @@ class Node:
         index = Index(prepared.engine)
         self._children = [self._spawn() for _ in range(self.processes)]
         node = self.settings.node
-        log.info("node_started", ae_title=node.ae_title, host=node.host, port=node.port,
-                 scp_processes=self.processes, tls=self.settings.security.tls_cert is not None)
+        log.info(
+            "node_started",
+            ae_title=node.ae_title,
+            host=node.host,
+            port=node.port,
+            scp_processes=self.processes,
+            tls=self.settings.security.tls_cert is not None,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         while not self._stop.wait(0.5):

@@ -72,8 +72,12 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     def mount(size_mb: int) -> Path:
         target = tmp_path / f"tmpfs{len(mounted)}"
         target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs",
-                               str(target)], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
             reason = f"cannot mount a tmpfs here: {done.stderr.strip()}"
             if os.environ.get("CI"):

@@ -42,7 +42,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -98,12 +100,14 @@ def start_node(settings: Settings, *, sweeper: bool = True) -> RunningNode:
     """The node's SCP and sweeper in this process (pynetdicom's own test pattern)."""
     prepared = prepare(settings)
     scp = build_scp(settings, engine=prepared.engine)
-    threading.Thread(target=scp.server.serve_forever, kwargs={"poll_interval": 0.05},
-                     daemon=True).start()
+    threading.Thread(
+        target=scp.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     sw = None
     if sweeper:
-        sw = Sweeper(prepared.engine, completion_policy(settings),
-                     settings.completion.sweep_interval_s)
+        sw = Sweeper(
+            prepared.engine, completion_policy(settings), settings.completion.sweep_interval_s
+        )
         sw.start()
     return RunningNode(settings, prepared.engine, scp, sw)
 
@@ -127,8 +131,9 @@ def _ctx(abstract: Any, syntaxes: Iterable[str]) -> Any:
     return build_context(abstract, list(syntaxes))
 
 
-def send_datasets(port: int, datasets: Iterable[Dataset], *, calling: str = "TESTSCU",
-                  pause_s: float = 0.0) -> list[int]:
+def send_datasets(
+    port: int, datasets: Iterable[Dataset], *, calling: str = "TESTSCU", pause_s: float = 0.0
+) -> list[int]:
     """One association; returns each C-STORE's status."""
     ae = scu(calling, syntaxes=[ExplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)

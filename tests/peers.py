@@ -24,7 +24,7 @@ class OrthancPeer:
     aet: str
 
     def api(self, method: str, path: str, body: bytes | None = None) -> Any:
-        req = urllib.request.Request(  # noqa: S310 - loopback only
+        req = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method
         )
         with urllib.request.urlopen(req, timeout=120) as rsp:  # noqa: S310
@@ -32,8 +32,9 @@ class OrthancPeer:
 
 
 @contextmanager
-def orthanc(workdir: Path, modalities: dict[str, list[Any]] | None = None,
-            aet: str = "ORTHANC") -> Iterator[OrthancPeer]:
+def orthanc(
+    workdir: Path, modalities: dict[str, list[Any]] | None = None, aet: str = "ORTHANC"
+) -> Iterator[OrthancPeer]:
     """Orthanc with its own config and storage (PITFALLS 12: it binds all interfaces)."""
     workdir.mkdir(parents=True, exist_ok=True)
     peer = OrthancPeer(free_port(), free_port(), aet)
@@ -59,8 +60,12 @@ def orthanc(workdir: Path, modalities: dict[str, list[Any]] | None = None,
     cfg = workdir / "orthanc.json"
     cfg.write_text(json.dumps(config))
     log = (workdir / "orthanc.log").open("wb")
-    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "TCP_NODELAY": "1"})
+    proc = subprocess.Popen(
+        [ORTHANC, str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
     try:
         wait_for(lambda: _alive(peer), 30, "Orthanc answering HTTP")
         yield peer
@@ -79,8 +84,9 @@ def _alive(peer: OrthancPeer) -> bool:
 
 
 @contextmanager
-def storescp(outdir: Path, *, fork: bool = False, aet: str = "STORESCP",
-             bit_preserving: bool = False) -> Iterator[int]:
+def storescp(
+    outdir: Path, *, fork: bool = False, aet: str = "STORESCP", bit_preserving: bool = False
+) -> Iterator[int]:
     """dcmtk storescp on a free port; yields the port."""
     outdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -89,9 +95,13 @@ def storescp(outdir: Path, *, fork: bool = False, aet: str = "STORESCP",
         args.append("--fork")
     if bit_preserving:
         args.append("+B")
-    proc = subprocess.Popen([*map(str, args), str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "TCP_NODELAY": "1"},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [*map(str, args), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TCP_NODELAY": "1"},
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: echo_ok(port, aet), 10, "storescp listening")
         yield port
@@ -101,5 +111,11 @@ def storescp(outdir: Path, *, fork: bool = False, aet: str = "STORESCP",
 
 
 def echo_ok(port: int, aet: str) -> bool:
-    return subprocess.run([DCMTK / "echoscu", "-aec", aet, "127.0.0.1", str(port)],
-                          capture_output=True, check=False).returncode == 0
+    return (
+        subprocess.run(
+            [DCMTK / "echoscu", "-aec", aet, "127.0.0.1", str(port)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )

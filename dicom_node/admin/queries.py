@@ -15,9 +15,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _summaries(engine: Engine, *where: Any, limit: int = 1000) -> list[dict[str, Any]]:
-    n_series = (
-        select(func.count(Series.id)).where(Series.study_id == Study.id).scalar_subquery()
-    )
+    n_series = select(func.count(Series.id)).where(Series.study_id == Study.id).scalar_subquery()
     n_instances = (
         select(func.count(Instance.id))
         .join(Series, Series.id == Instance.series_id)
@@ -62,9 +60,14 @@ def show_study(engine: Engine, study_uid: str) -> dict[str, Any] | None:
         if study_id is None:
             return None
         series = conn.execute(
-            select(Series.series_uid, Series.modality, Series.series_number,
-                   func.count(Instance.id), func.min(Instance.received_at),
-                   func.max(Instance.received_at))
+            select(
+                Series.series_uid,
+                Series.modality,
+                Series.series_number,
+                func.count(Instance.id),
+                func.min(Instance.received_at),
+                func.max(Instance.received_at),
+            )
             .join(Instance, Instance.series_id == Series.id, isouter=True)
             .where(Series.study_id == study_id)
             .group_by(Series.id)
@@ -77,8 +80,14 @@ def show_study(engine: Engine, study_uid: str) -> dict[str, Any] | None:
         ).all()
     summary = _summaries(engine, Study.study_uid == study_uid)[0]
     summary["series_detail"] = [
-        {"series_uid": uid, "modality": mod, "series_number": num, "instances": n,
-         "first_received": _iso(first), "last_received": _iso(last)}
+        {
+            "series_uid": uid,
+            "modality": mod,
+            "series_number": num,
+            "instances": n,
+            "first_received": _iso(first),
+            "last_received": _iso(last),
+        }
         for uid, mod, num, n, first, last in series
     ]
     summary["timeline"] = [

@@ -1,1 +1,1 @@
-"""① Receive: the Storage SCP (pynetdicom). Handlers are thin; statuses are named in ``statuses``."""
+"""① Receive: the Storage SCP (pynetdicom). Thin handlers; statuses named in ``statuses``."""

@@ -13,9 +13,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, StoragePresentationContexts
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
 
 from dicom_node.settings import Settings
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 
 def transfer_syntaxes() -> list[str]:
@@ -25,13 +26,13 @@ def transfer_syntaxes() -> list[str]:
 
 def storage_contexts() -> list[PresentationContext]:
     syntaxes = transfer_syntaxes()
-    return [build_context(cx.abstract_syntax, syntaxes) for cx in StoragePresentationContexts]
+    return [build_context(str(cx.abstract_syntax), syntaxes) for cx in StoragePresentationContexts]
 
 
 def build_ae(settings: Settings, *, processes: int) -> AE:
     node, sec = settings.node, settings.security
     ae = AE(ae_title=node.ae_title)
-    ae.supported_contexts = [*storage_contexts(), build_context(Verification)]
+    ae.supported_contexts = [*storage_contexts(), build_context(VERIFICATION_SOP_CLASS)]
     ae.maximum_pdu_size = node.max_pdu_bytes
     # The limit is node-wide; each SCP process takes its share.
     ae.maximum_associations = max(1, -(-node.max_associations // processes))

@@ -6,7 +6,8 @@ import socket
 from dataclasses import dataclass
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+
+from dicom_node.receive.ae import VERIFICATION_SOP_CLASS
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,9 +16,11 @@ class EchoResult:
     message: str
 
 
-def c_echo(host: str, port: int, called_ae: str, *, calling_ae: str, timeout_s: float = 10) -> EchoResult:
+def c_echo(
+    host: str, port: int, called_ae: str, *, calling_ae: str, timeout_s: float = 10
+) -> EchoResult:
     ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     try:
@@ -27,10 +30,12 @@ def c_echo(host: str, port: int, called_ae: str, *, calling_ae: str, timeout_s: 
     if not assoc.is_established:
         if assoc.is_rejected and assoc.acceptor.primitive is not None:
             p = assoc.acceptor.primitive
-            return EchoResult(False, f"association rejected: {p.result_str}, {p.source_str}, "
-                              f"{p.reason_str}")
-        return EchoResult(False, f"association with {called_ae}@{host}:{port} failed "
-                          "(aborted or no answer)")
+            return EchoResult(
+                False, f"association rejected: {p.result_str}, {p.source_str}, {p.reason_str}"
+            )
+        return EchoResult(
+            False, f"association with {called_ae}@{host}:{port} failed (aborted or no answer)"
+        )
     status = assoc.send_c_echo()
     assoc.release()
     if status and status.Status == 0:

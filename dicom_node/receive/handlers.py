@@ -10,11 +10,14 @@ import os
 import ssl
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom.events import Event
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.domain import AssociationEnd, is_valid_uid
@@ -22,7 +25,7 @@ from dicom_node.errors import Rejected
 from dicom_node.logs import get_logger
 from dicom_node.receive import statuses
 from dicom_node.storage.index import AssociationCache, Index
-from dicom_node.storage.intake import Intake, StoreRequest, Stored
+from dicom_node.storage.intake import Intake, Stored, StoreRequest
 from dicom_node.storage.writer import AtomicWriter
 
 log = get_logger(__name__)
@@ -57,7 +60,7 @@ class ScpHandlers:
         self.allowed = [ipaddress.ip_network(h, strict=False) for h in allowed_hosts]
         self._assocs: dict[int, AssociationState] = {}
 
-    def bindings(self) -> list[tuple[Any, Any]]:
+    def bindings(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
@@ -72,27 +75,32 @@ class ScpHandlers:
     def on_requested(self, event: Event) -> None:
         assoc = event.assoc
         peer = assoc.requestor.address
-        calling = assoc.requestor.primitive.calling_ae_title  # PITFALLS 7
+        calling = _requested(assoc).calling_ae_title  # PITFALLS 7
         if self.allowed and not any(ipaddress.ip_address(peer) in n for n in self.allowed):
-            log.warning("association_rejected", reason="host not allowed", peer=peer,
-                        calling_ae=calling)
+            log.warning(
+                "association_rejected", reason="host not allowed", peer=peer, calling_ae=calling
+            )
             self._reject(assoc, REJECT_HOST_NOT_ALLOWED)
         elif not self.writer.has_reserve():
-            log.error("association_rejected", reason="disk reserve reached", peer=peer,
-                      calling_ae=calling)
+            log.error(
+                "association_rejected", reason="disk reserve reached", peer=peer, calling_ae=calling
+            )
             self._reject(assoc, REJECT_DISK_RESERVE)
 
     @staticmethod
-    def _reject(assoc: Any, rsd: tuple[int, int, int]) -> None:
+    def _reject(assoc: Association, rsd: tuple[int, int, int]) -> None:
         assoc.acse.send_reject(*rsd)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
 
     def on_rejected(self, event: Event) -> None:
         assoc = event.assoc
-        log.info("association_rejected", peer=assoc.requestor.address,
-                 calling_ae=assoc.requestor.primitive.calling_ae_title,
-                 called_ae=assoc.requestor.primitive.called_ae_title)
+        log.info(
+            "association_rejected",
+            peer=assoc.requestor.address,
+            calling_ae=_requested(assoc).calling_ae_title,
+            called_ae=_requested(assoc).called_ae_title,
+        )
 
     def on_accepted(self, event: Event) -> None:
         assoc = event.assoc
@@ -105,13 +113,18 @@ class ScpHandlers:
                 called_ae=assoc.acceptor.ae_title,
                 peer_host=assoc.requestor.address,
                 peer_port=assoc.requestor.port,
-                tls=isinstance(assoc.dul.socket.socket, ssl.SSLSocket),
+                tls=assoc.dul.socket is not None
+                and isinstance(assoc.dul.socket.socket, ssl.SSLSocket),
                 pid=os.getpid(),
             )
         except SQLAlchemyError:
             log.exception("association_index_failed", association_id=state.id)
-        log.info("association_accepted", association_id=state.id, calling_ae=state.calling_ae,
-                 peer=assoc.requestor.address)
+        log.info(
+            "association_accepted",
+            association_id=state.id,
+            calling_ae=state.calling_ae,
+            peer=assoc.requestor.address,
+        )
 
     def _ended(self, event: Event, reason: AssociationEnd) -> None:
         state = self._assocs.pop(id(event.assoc), None)
@@ -121,8 +134,14 @@ class ScpHandlers:
             self.index.association_ended(state.id, reason)
         except SQLAlchemyError:
             log.exception("association_index_failed", association_id=state.id)
-        log.info("association_ended", association_id=state.id, calling_ae=state.calling_ae,
-                 how=str(reason), stored=state.stored, failed=state.failed)
+        log.info(
+            "association_ended",
+            association_id=state.id,
+            calling_ae=state.calling_ae,
+            how=str(reason),
+            stored=state.stored,
+            failed=state.failed,
+        )
 
     def on_released(self, event: Event) -> None:
         self._ended(event, AssociationEnd.RELEASED)
@@ -136,7 +155,7 @@ class ScpHandlers:
     # -- C-STORE ---------------------------------------------------------------------------
     def on_c_store(self, event: Event) -> Dataset | int:
         state = self._assocs.get(id(event.assoc))
-        rq = event.request
+        rq = cast(C_STORE, event.request)
         req = StoreRequest(
             affected_sop_class_uid=str(rq.AffectedSOPClassUID or ""),
             affected_sop_instance_uid=str(rq.AffectedSOPInstanceUID or ""),
@@ -162,10 +181,20 @@ class ScpHandlers:
         if state:
             state.stored += 1
         if outcome.stored is not Stored.NEW:
-            log.info("c_store_duplicate", association_id=req.association_id,
-                     sop_instance_uid=outcome.key.sop_instance_uid, how=outcome.stored.value,
-                     study_uid=outcome.key.study_uid)
+            log.info(
+                "c_store_duplicate",
+                association_id=req.association_id,
+                sop_instance_uid=outcome.key.sop_instance_uid,
+                how=outcome.stored.value,
+                study_uid=outcome.key.study_uid,
+            )
         return statuses.SUCCESS
+
+
+def _requested(assoc: Association) -> A_ASSOCIATE:
+    primitive = assoc.requestor.primitive
+    assert primitive is not None  # noqa: S101 - set by pynetdicom before EVT_REQUESTED
+    return primitive
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy import Engine
 
@@ -41,11 +42,14 @@ def build_scp(settings: Settings, *, processes: int = 1, engine: Engine | None =
     )
     handlers = ScpHandlers(intake, index, writer, settings.security.allowed_hosts)
     ae = build_ae(settings, processes=processes)
-    server = ae.make_server(
-        (settings.node.host, settings.node.port),
-        ssl_context=server_context(settings.security),
-        evt_handlers=handlers.bindings(),
-        server_class=NodeAssociationServer,
+    server = cast(
+        NodeAssociationServer,
+        ae.make_server(
+            (settings.node.host, settings.node.port),
+            ssl_context=server_context(settings.security),
+            evt_handlers=handlers.bindings(),
+            server_class=NodeAssociationServer,
+        ),
     )
     server.tls_handshake_timeout_s = settings.security.tls_handshake_timeout_s
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can unregister

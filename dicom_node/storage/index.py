@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Insert, Table, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, Insert, insert, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import (
     Association,
+    Base,
     Instance,
     Patient,
     Series,
@@ -55,11 +57,18 @@ class AssociationCache:
     series: dict[str, int] = field(default_factory=dict)
 
 
-def _insert_ignore(conn: Connection, table: Table) -> Insert:
-    """``INSERT … ON CONFLICT DO NOTHING`` for the connection's dialect."""
+def insert_ignore(conn: Connection, model: type[Base], values: dict[str, Any]) -> bool:
+    """``INSERT … ON CONFLICT DO NOTHING``; ``True`` if a row was inserted.
+
+    ``RETURNING`` tells, on both dialects (PostgreSQL reports no rowcount for this statement).
+    """
+    stmt: Insert
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
+        stmt = postgresql.insert(model).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(model).on_conflict_do_nothing()
+    key = sa_inspect(model).primary_key[0]
+    return conn.execute(stmt.returning(key), values).first() is not None
 
 
 class Index:
@@ -81,7 +90,7 @@ class Index:
 
     def close_orphaned_associations(self, pid: int | None = None) -> int:
         """Associations still open that belonged to a dead process (all of them at start-up)."""
-        where = [Association.ended_at.is_(None)]
+        where: list[ColumnElement[bool]] = [Association.ended_at.is_(None)]
         if pid is not None:
             where.append(Association.pid == pid)
         with self.engine.begin() as conn:
@@ -123,7 +132,7 @@ class Index:
                 "association_id": rec.association_id,
                 "duplicates_received": 0,
             }
-            inserted = conn.execute(_insert_ignore(conn, Instance.__table__), values).rowcount
+            inserted = insert_ignore(conn, Instance, values)
             if inserted or not duplicate:
                 return
             where = Instance.sop_instance_uid == rec.key.sop_instance_uid
@@ -134,7 +143,9 @@ class Index:
             conn.execute(update(Instance).where(where).values(**changes))
             record(
                 conn,
-                AuditEventType.INSTANCE_OVERWRITTEN if overwritten else AuditEventType.INSTANCE_DUPLICATE,
+                AuditEventType.INSTANCE_OVERWRITTEN
+                if overwritten
+                else AuditEventType.INSTANCE_DUPLICATE,
                 study_uid=rec.key.study_uid,
                 entity_type="instance",
                 entity_id=rec.key.sop_instance_uid,
@@ -150,8 +161,9 @@ class Index:
             study_id = self._create_or_get_study(conn, rec)
             cache.studies[uid] = study_id
             if rec.association_id is not None:
-                conn.execute(
-                    _insert_ignore(conn, StudyAssociation.__table__),
+                insert_ignore(
+                    conn,
+                    StudyAssociation,
                     {"study_id": study_id, "association_id": rec.association_id},
                 )
         if touch:
@@ -174,15 +186,17 @@ class Index:
     def _create_or_get_study(self, conn: Connection, rec: InstanceRecord) -> int:
         patient_id = None
         if rec.patient_key is not None:
-            conn.execute(
-                _insert_ignore(conn, Patient.__table__),
+            insert_ignore(
+                conn,
+                Patient,
                 {"patient_key": rec.patient_key, "created_at": rec.received_at},
             )
             patient_id = conn.execute(
                 select(Patient.id).where(Patient.patient_key == rec.patient_key)
             ).scalar_one()
-        created = conn.execute(
-            _insert_ignore(conn, Study.__table__),
+        created = insert_ignore(
+            conn,
+            Study,
             {
                 "study_uid": rec.key.study_uid,
                 "patient_id": patient_id,
@@ -195,7 +209,7 @@ class Index:
                 "opened_at": rec.received_at,
                 "times_completed": 0,
             },
-        ).rowcount
+        )
         study_id = conn.execute(
             select(Study.id).where(Study.study_uid == rec.key.study_uid)
         ).scalar_one()
@@ -217,8 +231,9 @@ class Index:
         uid = rec.key.series_uid
         series_id = cache.series.get(uid)
         if series_id is None:
-            conn.execute(
-                _insert_ignore(conn, Series.__table__),
+            insert_ignore(
+                conn,
+                Series,
                 {
                     "series_uid": uid,
                     "study_id": study_id,

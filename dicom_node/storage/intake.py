@@ -127,7 +127,7 @@ _INDEXED_KEYWORDS = (
 def _decode(req: StoreRequest) -> Dataset:
     try:
         return req.dataset()
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means the same thing here
+    except Exception as exc:
         raise Rejected(
             statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"data set not decodable: {type(exc).__name__}"
         ) from exc
@@ -139,7 +139,7 @@ def _attributes(ds: Dataset) -> dict[str, Any]:
     for keyword in _INDEXED_KEYWORDS:
         try:
             out[keyword] = ds.get(keyword)
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad values
+        except Exception as exc:
             raise Rejected(
                 statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"{keyword} not decodable"
             ) from exc
@@ -157,7 +157,8 @@ def _check_matches_request(attrs: dict[str, Any], req: StoreRequest) -> None:
             raise Rejected(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set has no {keyword}")
         if str(own) != requested:
             raise Rejected(
-                statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set {keyword} differs from request"
+                statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"data set {keyword} differs from request",
             )
 
 

@@ -56,8 +56,12 @@ def recover(layout: StorageLayout, engine: Engine) -> RecoveryReport:
                 _quarantine(engine, layout, path, rel, reason)
                 report.quarantined.append(rel)
     if report.partial_removed or report.indexed or report.quarantined:
-        log.warning("recovery_scan", partial_removed=report.partial_removed,
-                    indexed=len(report.indexed), quarantined=len(report.quarantined))
+        log.warning(
+            "recovery_scan",
+            partial_removed=report.partial_removed,
+            indexed=len(report.indexed),
+            quarantined=len(report.quarantined),
+        )
     return report
 
 
@@ -88,8 +92,14 @@ def _index_orphan(
     )
     index.record_instance(rec, cache, duplicate=False, overwritten=False)
     with index.engine.begin() as conn:
-        record(conn, AuditEventType.RECOVERY_INDEXED, study_uid=key.study_uid,
-               entity_type="instance", entity_id=key.sop_instance_uid, details={"path": rel})
+        record(
+            conn,
+            AuditEventType.RECOVERY_INDEXED,
+            study_uid=key.study_uid,
+            entity_type="instance",
+            entity_id=key.sop_instance_uid,
+            details={"path": rel},
+        )
     return None
 
 
@@ -97,5 +107,9 @@ def _quarantine(engine: Engine, layout: StorageLayout, path: Path, rel: str, rea
     target = layout.quarantine / rel.replace("/", "__")
     path.replace(target)
     with engine.begin() as conn:
-        record(conn, AuditEventType.RECOVERY_QUARANTINED, entity_type="file",
-               details={"path": rel, "quarantined_as": target.name, "reason": reason})
+        record(
+            conn,
+            AuditEventType.RECOVERY_QUARANTINED,
+            entity_type="file",
+            details={"path": rel, "quarantined_as": target.name, "reason": reason},
+        )

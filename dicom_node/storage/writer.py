@@ -15,7 +15,6 @@ from pathlib import Path
 from dicom_node.errors import Rejected
 from dicom_node.receive import statuses
 
-
 ASSOCIATION_HEADROOM_BYTES = 4 * 1024 * 1024
 
 

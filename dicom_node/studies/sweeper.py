@@ -6,8 +6,9 @@ Stateless between sweeps (the database is the truth), so a restarted node simply
 from __future__ import annotations
 
 import threading
+from typing import Any
 
-from sqlalchemy import Engine, and_, case, func, or_, select
+from sqlalchemy import Engine, Select, and_, case, func, or_, select
 
 from dicom_node.db.models import Association, Study, StudyAssociation, utcnow
 from dicom_node.domain import OPEN_STUDY_STATES, AssociationEnd, StudyState
@@ -18,7 +19,7 @@ from dicom_node.studies.transitions import transition_study
 log = get_logger(__name__)
 
 
-def _evidence_query():  # type: ignore[no-untyped-def]  # a SQLAlchemy Select of many columns
+def _evidence_query() -> Select[Any]:
     in_episode = or_(Association.ended_at.is_(None), Association.ended_at >= Study.opened_at)
     open_ = case((Association.ended_at.is_(None), 1), else_=0)
     unreleased = case(
@@ -79,8 +80,12 @@ def sweep_once(engine: Engine, policy: CompletionPolicy) -> list[str]:
             )
         if moved:
             completed.append(uid)
-            log.info("study_completed", study_uid=uid, reason=str(reason),
-                     quiet_s=round((now - last_received).total_seconds(), 3))
+            log.info(
+                "study_completed",
+                study_uid=uid,
+                reason=str(reason),
+                quiet_s=round((now - last_received).total_seconds(), 3),
+            )
     return completed
 
 
@@ -96,7 +101,7 @@ class Sweeper(threading.Thread):
         while not self.stopping.wait(self.interval_s):
             try:
                 sweep_once(self.engine, self.policy)
-            except Exception:  # noqa: BLE001 - the loop must survive a DB hiccup; next sweep retries
+            except Exception:
                 log.exception("sweep_failed")
 
     def stop(self) -> None:

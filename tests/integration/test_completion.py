@@ -69,7 +69,9 @@ def test_three_series_with_pauses_on_one_association_complete_once(
     assert completions(node, uid) == ["study.receiving", "study.completed"]
 
 
-def test_three_associations_with_short_gaps_complete_once(node: RunningNode, ct_slice: Path) -> None:
+def test_three_associations_with_short_gaps_complete_once(
+    node: RunningNode, ct_slice: Path
+) -> None:
     uid = generate_uid()
     for _ in range(3):
         assert set(send_datasets(node.port, fresh_series(ct_slice, 3, study_uid=uid))) == {0}

@@ -75,9 +75,23 @@ def storescu(port: int, flag: str, files: list[Path], called: str = NODE_AE) -> 
     ``-nh`` exits 0 even when a store failed (PITFALLS 11), so the verbose log is the evidence.
     """
     done = subprocess.run(
-        [DCMTK / "storescu", "-v", "-aec", called, "-R", "-nh", flag, "127.0.0.1", str(port),
-         *[str(p) for p in files]],
-        env=ENV, capture_output=True, text=True, timeout=300, check=False,
+        [
+            DCMTK / "storescu",
+            "-v",
+            "-aec",
+            called,
+            "-R",
+            "-nh",
+            flag,
+            "127.0.0.1",
+            str(port),
+            *[str(p) for p in files],
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     responses: dict[str, str] = {}
@@ -94,7 +108,11 @@ def storescu(port: int, flag: str, files: list[Path], called: str = NODE_AE) -> 
 def test_echoscu(node: RunningNode) -> None:
     done = subprocess.run(
         [DCMTK / "echoscu", "-aec", NODE_AE, "127.0.0.1", str(node.port)],
-        env=ENV, capture_output=True, text=True, timeout=30, check=False,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
 
@@ -145,16 +163,21 @@ def test_storescu_every_folder_stored_as_received(
         ref = storescu(ref_port, flag, firsts, called="REF")
         assert set(ref.values()) == {"Success"}, ref
     # those go by pynetdicom in test_pynetdicom_peer.py
-    assert set(unsent) <= {"1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202",
-                           "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.8.1"}, unsent
+    assert set(unsent) <= {
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+        "1.2.840.10008.1.2.8.1",
+    }, unsent
     assert len(sent_first) > 200
 
     with node.engine.connect() as conn:
         rows = {r.sop_instance_uid: r for r in conn.execute(select(Instance))}
     missing = sorted(set(sent_first) - set(rows))
     assert not missing, f"{len(missing)} acknowledged instances not indexed: {missing[:3]}"
-    reference = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p
-                 for p in ref_dir.iterdir()}
+    reference = {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in ref_dir.iterdir()
+    }
     for uid, source in sent_first.items():
         stored = node.root / rows[uid].path
         got_ts, got_bytes = dataset_bytes(stored)

@@ -25,5 +25,8 @@ def test_orthanc_sends_a_study(node: RunningNode, ct_dir: Path, tmp_path: Path) 
     assert len(sops) == len(files)
     study = node.studies()[0]
     assert (study["series"], study["instances"]) == (1, len(files))
-    wait_for(lambda: node.study(study["study_uid"])["state"] == "COMPLETE", 10,
-             "study complete after Orthanc released")
+    wait_for(
+        lambda: node.study(study["study_uid"])["state"] == "COMPLETE",
+        10,
+        "study complete after Orthanc released",
+    )

@@ -37,7 +37,7 @@ from tests.helpers import (
 def send_raw(
     port: int, sop_class: str, sop_instance: str, payload: bytes, ts: str = ExplicitVRLittleEndian
 ) -> Dataset:
-    """A C-STORE whose request UIDs and data set bytes we choose (the peer's view of a bad sender)."""
+    """A C-STORE whose request UIDs and data set bytes we choose: a bad sender's view."""
     ae = scu(syntaxes=[ts])
     assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established
@@ -111,7 +111,9 @@ def test_htj2k_stored_as_received(node: RunningNode, testdata: Path, name: str) 
     assert assoc.send_c_store(ds).Status == statuses.SUCCESS
     assoc.release()
     with node.engine.connect() as conn:
-        row = conn.execute(select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)).one()
+        row = conn.execute(
+            select(Instance).where(Instance.sop_instance_uid == ds.SOPInstanceUID)
+        ).one()
     stored = dcmread(node.root / row.path)
     assert row.transfer_syntax_uid == ts == stored.file_meta.TransferSyntaxUID
     assert stored.PixelData == ds.PixelData
@@ -184,17 +186,33 @@ def test_philips_dirfile_refused_without_overwrite(node: RunningNode, ct_dir: Pa
 
     images = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")
     done = subprocess.run(
-        ["/usr/bin/storescu", "-v", "-nh", "-aec", NODE_AE, "127.0.0.1", str(node.port),
-         *map(str, images), str(ct_dir / "DIRFILE")],
-        env=ENV, capture_output=True, text=True, timeout=120, check=True,
+        [
+            "/usr/bin/storescu",
+            "-v",
+            "-nh",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(node.port),
+            *map(str, images),
+            str(ct_dir / "DIRFILE"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert "Error: DataSetDoesNotMatchSOPClass" in done.stderr
     with node.engine.connect() as conn:
         rows = conn.execute(select(Instance)).all()
     assert len(rows) == len(images)
     for row in rows:  # every stored image is still the image itself
-        src = next(p for p in images if dcmread(p, stop_before_pixels=True).SOPInstanceUID
-                   == row.sop_instance_uid)
+        src = next(
+            p
+            for p in images
+            if dcmread(p, stop_before_pixels=True).SOPInstanceUID == row.sop_instance_uid
+        )
         assert dcmread(node.root / row.path).PixelData == dcmread(src).PixelData
 
 
@@ -249,8 +267,10 @@ def test_malformed_files_get_a_precise_status(
 def test_undecodable_dataset(node: RunningNode) -> None:
     garbage = b"\x08\x00\x16\x00UI\xff\x7f" + b"1.2.3"  # a length far past the end
     rsp = send_raw(node.port, CTImageStorage, generate_uid(), garbage)
-    assert rsp.Status in {statuses.CANNOT_UNDERSTAND_UNPARSEABLE,
-                          statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS}
+    assert rsp.Status in {
+        statuses.CANNOT_UNDERSTAND_UNPARSEABLE,
+        statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    }
     assert rsp.ErrorComment
 
 
@@ -314,8 +334,11 @@ def test_full_disk_without_reserve_is_a_write_failure(
     still hits ENOSPC (a race with another writer) is 0xA701 with the OS's reason.
     """
     root = tmpfs(4)
-    node = start_node(node_settings(root, storage={"min_free_mb": 0},
-                                    database={"url": f"sqlite:///{tmp_path / 'index.db'}"}))
+    node = start_node(
+        node_settings(
+            root, storage={"min_free_mb": 0}, database={"url": f"sqlite:///{tmp_path / 'index.db'}"}
+        )
+    )
     try:
         datasets = fresh_series(ct_slice, 12)
         ae = scu()
@@ -325,12 +348,18 @@ def test_full_disk_without_reserve_is_a_write_failure(
         codes = [int(r.Status) for r in results]
         refused = [r for r in results if r.Status != statuses.SUCCESS]
         assert refused, codes
-        assert codes[: len(codes) - len(refused)] == [statuses.SUCCESS] * (len(codes) - len(refused))
+        assert codes[: len(codes) - len(refused)] == [statuses.SUCCESS] * (
+            len(codes) - len(refused)
+        )
         for r in refused:
-            assert r.Status in {statuses.OUT_OF_RESOURCES_DISK_RESERVE,
-                                statuses.OUT_OF_RESOURCES_WRITE_FAILED}
-            assert r.ErrorComment in {"disk reserve reached",
-                                      "write failed: No space left on device"}
+            assert r.Status in {
+                statuses.OUT_OF_RESOURCES_DISK_RESERVE,
+                statuses.OUT_OF_RESOURCES_WRITE_FAILED,
+            }
+            assert r.ErrorComment in {
+                "disk reserve reached",
+                "write failed: No space left on device",
+            }
         stored = sorted((root / "storage" / "instances").rglob("*.dcm"))
         assert len(stored) == codes.count(statuses.SUCCESS)
         for path in stored:  # every visible file is complete
@@ -344,9 +373,13 @@ def test_duplicate_recorded_in_audit(node: RunningNode, ct_slice: Path) -> None:
     ds = dcmread(ct_slice)
     assert send_datasets(node.port, [ds, ds]) == [statuses.SUCCESS, statuses.SUCCESS]
     with node.engine.connect() as conn:
-        events = conn.execute(
-            select(AuditEvent.event_type).where(AuditEvent.entity_id == ds.SOPInstanceUID)
-        ).scalars().all()
+        events = (
+            conn.execute(
+                select(AuditEvent.event_type).where(AuditEvent.entity_id == ds.SOPInstanceUID)
+            )
+            .scalars()
+            .all()
+        )
     assert events == ["instance.duplicate"]
 
 

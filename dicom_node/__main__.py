@@ -1,0 +1,3 @@
+from dicom_node.admin.cli import main
+
+main()

@@ -1,0 +1,102 @@
+"""The ``dicom-node`` command against a node that received a real study."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from pydicom import dcmread
+
+from tests.helpers import NODE_AE, RunningNode, send_datasets, wait_for
+
+
+def cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    extra = ["--config", str(config)] if config else []
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def config_for(node: RunningNode, tmp_path: Path) -> Path:
+    cfg = tmp_path / "node.toml"
+    s = node.settings
+    cfg.write_text(
+        f'[node]\nport = {s.node.port}\n[storage]\nroot = "{s.storage.root}"\n'
+        f'[database]\nurl = "{s.database.url.get_secret_value()}"\n'
+    )
+    return cfg
+
+
+def test_studies_json_and_show(node: RunningNode, ct_dir: Path, tmp_path: Path) -> None:
+    files = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")[:6]
+    datasets = [dcmread(p) for p in files]
+    send_datasets(node.port, datasets)
+    uid = datasets[0].StudyInstanceUID
+    wait_for(lambda: node.study(uid)["state"] == "COMPLETE", 5, "complete")
+    cfg = config_for(node, tmp_path)
+
+    done = cli("studies", "--json", config=cfg)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 1
+    row = rows[0]
+    assert {
+        "study_uid",
+        "state",
+        "series",
+        "instances",
+        "first_received",
+        "last_received",
+        "completed_at",
+    } <= row.keys()
+    assert (row["study_uid"], row["state"], row["series"], row["instances"]) == (
+        uid,
+        "COMPLETE",
+        1,
+        6,
+    )
+
+    shown = cli("studies", "show", uid, config=cfg)
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert [e["event"] for e in detail["timeline"]] == ["study.receiving", "study.completed"]
+    assert detail["series_detail"][0]["instances"] == 6
+
+    table = cli("studies", config=cfg)
+    assert uid in table.stdout and "COMPLETE" in table.stdout
+    # No patient names or IDs anywhere in what the CLI prints.
+    for text in (done.stdout, shown.stdout, table.stdout):
+        assert str(datasets[0].PatientName) not in text
+        assert str(datasets[0].PatientID) not in text
+
+    assert cli("studies", "show", "1.2.3.999", config=cfg).returncode == 1
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(
+        '[database]\nurl = "postgresql+psycopg://node:hunter2@db.example/pacs"\n'
+        '[node]\nae_title = "SHOWME"\n'
+    )
+    done = cli("config", "show", config=cfg)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["node"]["ae_title"] == "SHOWME"
+    assert "hunter2" not in done.stdout
+    assert shown["database"]["url"] == "postgresql+psycopg://node:***@db.example/pacs"
+
+
+def test_echo(node: RunningNode) -> None:
+    ok = cli("echo", "127.0.0.1", str(node.port), NODE_AE)
+    assert ok.returncode == 0 and "Success" in ok.stdout
+    wrong_ae = cli("echo", "127.0.0.1", str(node.port), "NOBODY")
+    assert wrong_ae.returncode == 1 and "Called AE" in wrong_ae.stdout
+    closed = cli("echo", "127.0.0.1", "1", NODE_AE)
+    assert closed.returncode == 1
+    assert "failed" in closed.stdout or "cannot" in closed.stdout

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from dicom_node.settings import SettingsError, load_settings, masked
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_embedded() -> None:
+    s = load_settings()
+    assert s.database.url.get_secret_value().startswith("sqlite:///")
+    assert s.security.allowed_calling_aes == ()
+
+
+def test_toml_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write(
+        tmp_path,
+        """
+[node]
+ae_title = "NODE_A"
+port = 4242
+[storage]
+root = "/srv/dicom"
+[completion]
+quiet_period_s = 30
+[security]
+allowed_calling_aes = ["CT1", "MR2"]
+""",
+    )
+    monkeypatch.setenv("DICOM_NODE_NODE__PORT", "5000")
+    s = load_settings(cfg)
+    assert (s.node.ae_title, s.node.port) == ("NODE_A", 5000)  # env beats the file
+    assert s.storage.root == Path("/srv/dicom")
+    assert s.completion.quiet_period_s == 30
+    assert s.security.allowed_calling_aes == ("CT1", "MR2")
+
+
+def test_config_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DICOM_NODE_CONFIG", str(write(tmp_path, "[node]\nport = 1234\n")))
+    assert load_settings().node.port == 1234
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[node]\nport = 70000\n", "node.port"),
+        ('[node]\nae_title = "THIS_TITLE_IS_TOO_LONG"\n', "node.ae_title"),
+        ("[completion]\nquiet_period_s = -1\n", "completion.quiet_period_s"),
+        ('[security]\nallowed_hosts = ["not-an-ip"]\n', "security.allowed_hosts"),
+        ("[node]\nprot = 1\n", "node.prot"),
+        ('[storage]\nduplicate_policy = "sometimes"\n', "storage.duplicate_policy"),
+    ],
+)
+def test_invalid_value_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(SettingsError, match=rf"invalid setting {key}\b"):
+        load_settings(write(tmp_path, text))
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings()
+    with pytest.raises(pydantic.ValidationError):
+        s.node.port = 1  # type: ignore[misc]
+
+
+def test_masked_hides_database_password() -> None:
+    s = load_settings(database={"url": "postgresql+psycopg://node:s3cret@db/pacs"})
+    shown = json.dumps(masked(s))
+    assert "s3cret" not in shown and "***" in shown
+
+
+def test_cli_fails_at_start_naming_the_key(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[node]\nport = "eleven"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "invalid setting node.port" in done.stderr
