@@ -1,0 +1,210 @@
+"""kill -9 while four senders push: every acknowledged instance survives, byte for byte.
+
+The node runs as ``dicom-node serve`` (supervisor + 2 SCP processes) and is killed with SIGKILL
+(whole process group) at random moments, then restarted. Senders re-send whatever was not
+acknowledged, as a modality would. Size: DICOM_NODE_SOAK_INSTANCES (CI runs 1,000).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import dsutils
+from sqlalchemy import create_engine, select
+
+from dicom_node.db.models import Instance
+from tests.helpers import NODE_AE, free_port, scu, wait_for
+from tests.integration.test_dcmtk_peers import dataset_bytes
+from tests.peers import echo_ok
+
+pytestmark = [
+    pytest.mark.soak,
+    # pynetdicom (the test's own SCU) leaks its socket when the peer is killed mid-association.
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
+SENDERS = 4
+
+
+def soak_size() -> int:
+    return int(os.environ.get("DICOM_NODE_SOAK_INSTANCES", "1000"))
+
+
+def make_instances(templates: list[Path], count: int) -> list[tuple[Dataset, bytes]]:
+    """Real MR slices, re-identified into 4 studies; with the exact bytes each will be sent as."""
+    sources = [dcmread(p) for p in templates]
+    studies = [(generate_uid(), generate_uid()) for _ in range(SENDERS)]
+    out = []
+    for i in range(count):
+        ds = copy.deepcopy(sources[i % len(sources)])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = studies[i % SENDERS]
+        ds.SOPInstanceUID = generate_uid()
+        encoded = dsutils.encode(ds, False, True)
+        assert encoded is not None
+        out.append((ds, encoded))
+    return out
+
+
+class Node:
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.kills += 1
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def sender(
+    port: int,
+    work: queue.Queue[tuple[Dataset, bytes]],
+    acked: dict[str, bytes],
+    refused: list[int],
+    lock: threading.Lock,
+    deadline: float,
+) -> None:
+    """Send until the queue is empty; re-send on lost connections and Out of Resources."""
+    ae = scu(f"SENDER{threading.get_ident() % 1000}", syntaxes=[ExplicitVRLittleEndian])
+    ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 5
+    pending: list[tuple[Dataset, bytes]] = []
+    while time.monotonic() < deadline:
+        if not pending:
+            try:
+                pending.append(work.get_nowait())
+            except queue.Empty:
+                return
+        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+        if not assoc.is_established:
+            time.sleep(0.1)
+            continue
+        try:
+            while pending or not work.empty():
+                if not pending:
+                    try:
+                        pending.append(work.get_nowait())
+                    except queue.Empty:
+                        break
+                ds, encoded = pending[0]
+                try:
+                    status = assoc.send_c_store(ds)
+                except (RuntimeError, OSError):
+                    break  # the node died under us
+                if not assoc.is_established or "Status" not in status:
+                    break  # connection lost: re-send on a new association
+                if status.Status & 0xFF00 == 0xA700:  # out of resources: retry later
+                    time.sleep(0.05)
+                    break
+                if status.Status != 0x0000:
+                    refused.append(int(status.Status))  # permanent: the test fails
+                    pending.pop(0)
+                    continue
+                with lock:
+                    acked[str(ds.SOPInstanceUID)] = encoded
+                pending.pop(0)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+            else:
+                assoc.abort()
+
+
+def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -> None:
+    templates = sorted((testdata / "dcm_qa_decubitus/In/HFS/3_t1_fl2d_sag").iterdir())
+    instances = make_instances(templates, soak_size())
+    port = free_port()
+    root = tmp_path / "storage"
+    db = tmp_path / "index.db"
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = 2\n'
+        f'[storage]\nroot = "{root}"\nmin_free_mb = 10\n[database]\nurl = "sqlite:///{db}"\n'
+        '[logging]\nlevel = "WARNING"\n'
+    )
+    node = Node(config, tmp_path / "node.log")
+    node.start()
+    wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up")
+
+    work: queue.Queue[tuple[Dataset, bytes]] = queue.Queue()
+    for item in instances:
+        work.put(item)
+    acked: dict[str, bytes] = {}
+    refused: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 300
+    threads = [
+        threading.Thread(target=sender, args=(port, work, acked, refused, lock, deadline))
+        for _ in range(SENDERS)
+    ]
+    errors: list[BaseException] = []
+    threading.excepthook = lambda args: errors.append(args.exc_value)  # type: ignore[assignment,misc,arg-type]
+    for t in threads:
+        t.start()
+    rng = random.Random(20261122)
+    while any(t.is_alive() for t in threads):
+        time.sleep(rng.uniform(0.3, 2.0))
+        if not any(t.is_alive() for t in threads):
+            break
+        node.kill9()
+        node.start()
+        wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up after kill -9")
+    for t in threads:
+        t.join()
+    node.kill9()  # one last crash, then a clean start runs the recovery scan
+    node.start()
+    wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up after the last crash")
+    node.stop()
+
+    print(
+        f"\ncrash soak: {len(instances)} instances, {len(acked)} acknowledged, "
+        f"{node.kills} kill -9s"
+    )
+    assert errors == []
+    assert refused == []
+    assert node.kills >= 3
+    assert len(acked) == len(instances), "senders gave up before everything was acknowledged"
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        indexed = {r.sop_instance_uid: r.path for r in conn.execute(select(Instance))}
+    engine.dispose()
+    missing = [uid for uid in acked if uid not in indexed]
+    assert not missing, f"{len(missing)} acknowledged instances not indexed"
+    expected = {uid: enc for ds, enc in instances for uid in [str(ds.SOPInstanceUID)]}
+    files = [p for p in (root / "instances").rglob("*") if p.is_file()]
+    assert len(files) == len(indexed) == len(instances)
+    for path in files:  # every visible file is complete and exactly what was sent
+        ts, body = dataset_bytes(path)
+        assert ts == ExplicitVRLittleEndian
+        assert body == expected[path.stem], f"{path.name}: differs from the bytes sent"
+    assert list((root / "incoming").iterdir()) == []
