@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -87,57 +88,64 @@ class Node:
         self.proc.wait(timeout=30)
 
 
-def sender(
-    port: int,
-    work: queue.Queue[tuple[Dataset, bytes]],
-    acked: dict[str, bytes],
-    refused: list[int],
-    lock: threading.Lock,
-    deadline: float,
-) -> None:
-    """Send until the queue is empty; re-send on lost connections and Out of Resources."""
-    ae = scu(f"SENDER{threading.get_ident() % 1000}", syntaxes=[ExplicitVRLittleEndian])
-    ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 5
-    pending: list[tuple[Dataset, bytes]] = []
-    while time.monotonic() < deadline:
-        if not pending:
-            try:
-                pending.append(work.get_nowait())
-            except queue.Empty:
-                return
-        assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
-        if not assoc.is_established:
-            time.sleep(0.1)
-            continue
-        try:
-            while pending or not work.empty():
-                if not pending:
-                    try:
-                        pending.append(work.get_nowait())
-                    except queue.Empty:
-                        break
-                ds, encoded = pending[0]
+class Senders:
+    """Modalities that keep re-sending whatever was not acknowledged."""
+
+    def __init__(self, port: int, instances: list[tuple[Dataset, bytes]]) -> None:
+        self.port = port
+        self.work: queue.Queue[tuple[Dataset, bytes]] = queue.Queue()
+        for item in instances:
+            self.work.put(item)
+        self.acked: dict[str, bytes] = {}
+        self.refused: list[int] = []
+        self.lock = threading.Lock()
+
+    def run(self, deadline: float) -> None:
+        ae = scu(f"SENDER{threading.get_ident() % 1000}", syntaxes=[ExplicitVRLittleEndian])
+        ae.dimse_timeout = ae.acse_timeout = ae.network_timeout = 5
+        pending: list[tuple[Dataset, bytes]] = []
+        while time.monotonic() < deadline:
+            if not pending:
                 try:
-                    status = assoc.send_c_store(ds)
-                except (RuntimeError, OSError):
-                    break  # the node died under us
-                if not assoc.is_established or "Status" not in status:
-                    break  # connection lost: re-send on a new association
-                if status.Status & 0xFF00 == 0xA700:  # out of resources: retry later
-                    time.sleep(0.05)
-                    break
-                if status.Status != 0x0000:
-                    refused.append(int(status.Status))  # permanent: the test fails
-                    pending.pop(0)
-                    continue
-                with lock:
-                    acked[str(ds.SOPInstanceUID)] = encoded
-                pending.pop(0)
-        finally:
-            if assoc.is_established:
-                assoc.release()
+                    pending.append(self.work.get_nowait())
+                except queue.Empty:
+                    return
+            assoc = ae.associate("127.0.0.1", self.port, ae_title=NODE_AE)
+            if not assoc.is_established:
+                time.sleep(0.1)
+                continue
+            try:
+                self._send_all(assoc, pending)
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+                else:
+                    assoc.abort()
+
+    def _send_all(self, assoc: Any, pending: list[tuple[Dataset, bytes]]) -> None:
+        """Send on one association until the queue is empty or the association is lost."""
+        while pending or not self.work.empty():
+            if not pending:
+                try:
+                    pending.append(self.work.get_nowait())
+                except queue.Empty:
+                    return
+            ds, encoded = pending[0]
+            try:
+                status = assoc.send_c_store(ds)
+            except (RuntimeError, OSError):
+                return  # the node died under us: re-send on a new association
+            if not assoc.is_established or "Status" not in status:
+                return
+            if status.Status & 0xFF00 == 0xA700:  # out of resources: retry later
+                time.sleep(0.05)
+                return
+            if status.Status != 0x0000:
+                self.refused.append(int(status.Status))  # permanent: the test fails
             else:
-                assoc.abort()
+                with self.lock:
+                    self.acked[str(ds.SOPInstanceUID)] = encoded
+            pending.pop(0)
 
 
 def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -> None:
@@ -156,17 +164,9 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -
     node.start()
     wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up")
 
-    work: queue.Queue[tuple[Dataset, bytes]] = queue.Queue()
-    for item in instances:
-        work.put(item)
-    acked: dict[str, bytes] = {}
-    refused: list[int] = []
-    lock = threading.Lock()
+    senders = Senders(port, instances)
     deadline = time.monotonic() + 300
-    threads = [
-        threading.Thread(target=sender, args=(port, work, acked, refused, lock, deadline))
-        for _ in range(SENDERS)
-    ]
+    threads = [threading.Thread(target=senders.run, args=(deadline,)) for _ in range(SENDERS)]
     errors: list[BaseException] = []
     threading.excepthook = lambda args: errors.append(args.exc_value)  # type: ignore[assignment,misc,arg-type]
     for t in threads:
@@ -187,18 +187,20 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -
     node.stop()
 
     print(
-        f"\ncrash soak: {len(instances)} instances, {len(acked)} acknowledged, "
+        f"\ncrash soak: {len(instances)} instances, {len(senders.acked)} acknowledged, "
         f"{node.kills} kill -9s"
     )
     assert errors == []
-    assert refused == []
+    assert senders.refused == []
     assert node.kills >= 3
-    assert len(acked) == len(instances), "senders gave up before everything was acknowledged"
+    assert len(senders.acked) == len(instances), (
+        "senders gave up before everything was acknowledged"
+    )
     engine = create_engine(f"sqlite:///{db}")
     with engine.connect() as conn:
         indexed = {r.sop_instance_uid: r.path for r in conn.execute(select(Instance))}
     engine.dispose()
-    missing = [uid for uid in acked if uid not in indexed]
+    missing = [uid for uid in senders.acked if uid not in indexed]
     assert not missing, f"{len(missing)} acknowledged instances not indexed"
     expected = {uid: enc for ds, enc in instances for uid in [str(ds.SOPInstanceUID)]}
     files = [p for p in (root / "instances").rglob("*") if p.is_file()]
