@@ -11,7 +11,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, StoragePresentationContexts
+from pynetdicom import AE, StoragePresentationContexts, _config
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.settings import Settings
@@ -30,6 +30,9 @@ def storage_contexts() -> list[PresentationContext]:
 
 
 def build_ae(settings: Settings, *, processes: int) -> AE:
+    # pynetdicom's "standard" handlers format every PDU and DIMSE message for DEBUG logging,
+    # on the C-STORE path, and can print data set contents (PHI). The node logs its own events.
+    _config.LOG_HANDLER_LEVEL = "none"
     node, sec = settings.node, settings.security
     ae = AE(ae_title=node.ae_title)
     ae.supported_contexts = [*storage_contexts(), build_context(VERIFICATION_SOP_CLASS)]

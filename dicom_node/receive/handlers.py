@@ -10,9 +10,12 @@ import os
 import ssl
 import uuid
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import cast
 
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -29,6 +32,8 @@ from dicom_node.storage.intake import Intake, Stored, StoreRequest
 from dicom_node.storage.writer import AtomicWriter
 
 log = get_logger(__name__)
+
+LAST_INDEXED_TAG: BaseTag = Tag(0x0020, 0x0013)  # Instance Number
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 §9.3.4
 REJECT_HOST_NOT_ALLOWED = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
@@ -160,7 +165,7 @@ class ScpHandlers:
             affected_sop_class_uid=str(rq.AffectedSOPClassUID or ""),
             affected_sop_instance_uid=str(rq.AffectedSOPInstanceUID or ""),
             transfer_syntax_uid=str(event.context.transfer_syntax),
-            dataset=lambda: event.dataset,
+            dataset=lambda: index_header(event),
             encoded=event.encoded_dataset,
             association_id=state.id if state else None,
         )
@@ -189,6 +194,21 @@ class ScpHandlers:
                 study_uid=outcome.key.study_uid,
             )
         return statuses.SUCCESS
+
+
+def index_header(event: Event) -> Dataset:
+    """The data set up to Instance Number (0020,0013): all the index needs, without touching the
+    pixel data. Deflated data sets go through pynetdicom's full decode."""
+    ts = event.context.transfer_syntax
+    if ts.is_deflated:
+        return event.dataset
+    raw = cast(BytesIO, cast(C_STORE, event.request).DataSet).getbuffer()
+    return read_dataset(
+        BytesIO(raw),
+        ts.is_implicit_VR,
+        ts.is_little_endian,
+        stop_when=lambda tag, _vr, _length: tag > LAST_INDEXED_TAG,
+    )
 
 
 def _requested(assoc: Association) -> A_ASSOCIATE:

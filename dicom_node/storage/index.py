@@ -6,6 +6,9 @@ and remembers, per association, which study/series rows it has already ensured.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -74,14 +77,24 @@ def insert_ignore(conn: Connection, model: type[Base], values: dict[str, Any]) -
 class Index:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # SQLite has one writer at a time, and its busy handler backs off in steps of up to
+        # 100 ms: queue this process's writers on a lock instead of on the database file.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- associations ----------------------------------------------------------------------
     def association_started(self, assoc_id: str, **values: Any) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(insert(Association), {"id": assoc_id, "started_at": utcnow(), **values})
 
     def association_ended(self, assoc_id: str, reason: AssociationEnd) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(
                 update(Association)
                 .where(Association.id == assoc_id, Association.ended_at.is_(None))
@@ -93,7 +106,7 @@ class Index:
         where: list[ColumnElement[bool]] = [Association.ended_at.is_(None)]
         if pid is not None:
             where.append(Association.pid == pid)
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             result = conn.execute(
                 update(Association)
                 .where(*where)
@@ -117,7 +130,7 @@ class Index:
         overwritten: bool,
     ) -> None:
         """Index one instance; audit duplicates and reopened studies in the same transaction."""
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             study_id = self._ensure_study(conn, rec, cache, touch=not duplicate or overwritten)
             series_id = self._ensure_series(conn, rec, study_id, cache)
             values = {
@@ -167,20 +180,23 @@ class Index:
                     {"study_id": study_id, "association_id": rec.association_id},
                 )
         if touch:
-            # A no-op unless the study was COMPLETE: the UPDATE is conditional on the state.
-            transition_study(
-                conn,
-                study_id=study_id,
-                study_uid=uid,
-                current=StudyState.COMPLETE,
-                target=StudyState.REOPENED,
-                at=rec.received_at,
-                reason="instance received after completion",
-                details={"sop_instance_uid": rec.key.sop_instance_uid},
-            )
-            conn.execute(
-                update(Study).where(Study.id == study_id).values(last_received=rec.received_at)
-            )
+            state = conn.execute(
+                update(Study)
+                .where(Study.id == study_id)
+                .values(last_received=rec.received_at)
+                .returning(Study.state)
+            ).scalar_one()
+            if state == StudyState.COMPLETE:
+                transition_study(
+                    conn,
+                    study_id=study_id,
+                    study_uid=uid,
+                    current=StudyState.COMPLETE,
+                    target=StudyState.REOPENED,
+                    at=rec.received_at,
+                    reason="instance received after completion",
+                    details={"sop_instance_uid": rec.key.sop_instance_uid},
+                )
         return study_id
 
     def _create_or_get_study(self, conn: Connection, rec: InstanceRecord) -> int:

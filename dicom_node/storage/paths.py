@@ -9,6 +9,7 @@ Layout::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,6 @@ class StorageLayout:
     def path_for(self, key: InstanceKey) -> Path:
         path = self.root / key.relative_path()
         # Defence in depth: validated UIDs cannot escape, but never trust one check alone.
-        if not path.resolve().is_relative_to(self.instances):
+        if not Path(os.path.normpath(path)).is_relative_to(self.instances):
             raise Rejected(statuses.CANNOT_UNDERSTAND_INVALID_UID, "UID escapes storage root")
         return path
