@@ -77,6 +77,14 @@ def config_show(config: ConfigOption = None) -> None:
     typer.echo(json.dumps(masked(_settings(config)), indent=2))
 
 
+@config_app.command("env-example")
+def config_env_example() -> None:
+    """Print every setting as a DICOM_NODE_* variable (deploy/env.example)."""
+    from dicom_node.settings import env_example  # noqa: PLC0415
+
+    typer.echo(env_example(), nl=False)
+
+
 @studies_app.callback(invoke_without_command=True)
 def studies(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """List studies, most recent first."""

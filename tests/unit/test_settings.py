@@ -90,3 +90,13 @@ def test_cli_fails_at_start_naming_the_key(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "invalid setting node.port" in done.stderr
+
+
+def test_env_example_is_generated_from_settings() -> None:
+    from dicom_node.settings import env_example  # noqa: PLC0415
+    from tests.helpers import REPO  # noqa: PLC0415
+
+    assert (REPO / "deploy/env.example").read_text() == env_example(), (
+        "deploy/env.example is stale: dicom-node config env-example > deploy/env.example"
+    )
+    assert "DICOM_NODE_COMPLETION__QUIET_PERIOD_S=60.0" in env_example()
