@@ -57,7 +57,13 @@ def test_receive_complete_reopen_on_postgres(pg_node: RunningNode, ct_slice: Pat
     study = pg_node.study(uid)
     assert (study["series"], study["instances"]) == (2, 7)
     with pg_node.engine.connect() as conn:
-        events = list(conn.execute(select(AuditEvent.event_type).order_by(AuditEvent.id)).scalars())
+        events = list(
+            conn.execute(
+                select(AuditEvent.event_type)
+                .where(AuditEvent.study_uid == uid)
+                .order_by(AuditEvent.id)
+            ).scalars()
+        )
         dup = conn.execute(
             select(Instance.duplicates_received).where(
                 Instance.sop_instance_uid == first[0].SOPInstanceUID

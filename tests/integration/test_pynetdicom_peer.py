@@ -399,3 +399,40 @@ def test_overwrite_policy_replaces_and_records(tmp_path: Path, ct_slice: Path) -
         assert "instance.overwritten" in events
     finally:
         node.stop()
+
+
+def test_maximum_associations_enforced(tmp_path: Path) -> None:
+    node = start_node(node_settings(tmp_path, node={"max_associations": 2}))
+    held = []
+    try:
+        for _ in range(2):
+            assoc = scu().associate("127.0.0.1", node.port, ae_title=NODE_AE)
+            assert assoc.is_established
+            held.append(assoc)
+        third = scu().associate("127.0.0.1", node.port, ae_title=NODE_AE)
+        assert third.is_rejected
+        rj = third.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x02, 0x03, 0x02)  # local limit
+    finally:
+        for assoc in held:
+            assoc.release()
+        node.stop()
+
+
+def test_accepted_sockets_have_tcp_nodelay(tmp_path: Path) -> None:
+    """PITFALLS 1: pynetdicom does not set TCP_NODELAY; the node's server does."""
+    import socket  # noqa: PLC0415
+
+    from dicom_node.receive.scp import build_scp  # noqa: PLC0415
+
+    settings = node_settings(tmp_path)
+    scp = build_scp(settings)
+    try:
+        with socket.create_connection(("127.0.0.1", settings.node.port)) as client:
+            accepted, _addr = scp.server.get_request()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            del client
+    finally:
+        scp.server.server_close()
+        scp.engine.dispose()
