@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,7 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import DCMTK, free_port, testdata_root, wait_for  # noqa: E402
-from tests.peers import echo_ok, orthanc, storescp  # noqa: E402
+from tests.peers import (  # noqa: E402
+    NodeProcess,
+    echo_ok,
+    orthanc,
+    storescp,
+    write_node_config,
+)
 
 CT_SERIES = "dcm_qa_ct/In/Philips/S21610/S2010"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -78,32 +84,26 @@ def send(port: int, aet: str, files: list[Path], associations: int) -> float:
 @contextmanager
 def dicom_node(workdir: Path, *, fsync: bool = True) -> Iterator[tuple[int, Callable[[], int]]]:
     port = free_port()
-    db = workdir / "index.db"
-    cfg = workdir / "node.toml"
-    cfg.write_text(
-        f'[node]\nhost = "127.0.0.1"\nport = {port}\n'
-        f'[storage]\nroot = "{workdir / "storage"}"\nmin_free_mb = 100\n'
-        f"fsync = {str(fsync).lower()}\n"
-        f'[database]\nurl = "sqlite:///{db}"\n[logging]\nlevel = "WARNING"\n'
+    cfg = write_node_config(
+        workdir / "node.toml",
+        port=port,
+        workdir=workdir,
+        extra='[logging]\nlevel = "WARNING"\n',
+        processes=0,
+        fsync=fsync,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dicom_node", "serve", "--config", str(cfg)],
-        start_new_session=True,
-        stderr=subprocess.DEVNULL,
-    )
+    node = NodeProcess(cfg)
+    node.start()
     try:
         wait_for(lambda: echo_ok(port, "DICOM_NODE"), 30, "dicom-node up")
 
         def count() -> int:
-            import sqlite3  # noqa: PLC0415
-
-            with sqlite3.connect(db) as conn:
+            with sqlite3.connect(workdir / "index.db") as conn:
                 return int(conn.execute("select count(*) from instances").fetchone()[0])
 
         yield port, count
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        node.stop()
 
 
 def run_one(kind: str, files: list[Path], associations: int, tmp: Path) -> float:
@@ -156,9 +156,11 @@ def main() -> None:
             ref = results.get(("storescp", assocs))
             orth = results.get(("orthanc", assocs))
             label = kind if not (kind == "storescp" and assocs > 1) else "storescp --fork"
+            vs_ref = f"{ref / sec:.2f}x" if ref else "-"
+            vs_orth = f"{orth / sec:.2f}x" if orth else "-"
             print(
                 f"{label:<24}{assocs:>7}{sec:>9.2f}{len(files) / sec:>9.0f}{mb / sec:>8.1f}"
-                f"{(ref / sec if ref else 0):>12.2f}x{(orth / sec if orth else 0):>11.2f}x"
+                f"{vs_ref:>13}{vs_orth:>12}"
             )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,3 +121,56 @@ def echo_ok(port: int, aet: str) -> bool:
         ).returncode
         == 0
     )
+
+
+def write_node_config(
+    path: Path,
+    *,
+    port: int,
+    workdir: Path,
+    extra: str = "",
+    processes: int = 2,
+    fsync: bool = True,
+) -> Path:
+    """A TOML config for ``dicom-node serve`` on loopback, with its data under ``workdir``."""
+    path.write_text(
+        f'[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = {processes}\n'
+        f'[storage]\nroot = "{workdir / "storage"}"\nmin_free_mb = 10\n'
+        f"fsync = {str(fsync).lower()}\n"
+        f'[database]\nurl = "sqlite:///{workdir / "index.db"}"\n{extra}'
+    )
+    return path
+
+
+class NodeProcess:
+    """``dicom-node serve`` as a real process group (supervisor + SCP processes)."""
+
+    def __init__(self, config: Path, log: Path | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> None:
+        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        finally:
+            if self.log:
+                out.close()  # type: ignore[union-attr]
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.kills += 1
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)

@@ -12,9 +12,6 @@ import gc
 import os
 import queue
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,7 +27,7 @@ from sqlalchemy import create_engine, select
 from dicom_node.db.models import Instance
 from tests.helpers import NODE_AE, free_port, scu, wait_for
 from tests.integration.test_dcmtk_peers import dataset_bytes
-from tests.peers import echo_ok
+from tests.peers import NodeProcess, echo_ok, write_node_config
 
 pytestmark = [
     pytest.mark.soak,
@@ -59,34 +56,6 @@ def make_instances(templates: list[Path], count: int) -> list[tuple[Dataset, byt
         assert encoded is not None
         out.append((ds, encoded))
     return out
-
-
-class Node:
-    def __init__(self, config: Path, log: Path) -> None:
-        self.config = config
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.kills = 0
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self.kills += 1
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=30)
 
 
 def _close_socket(assoc: Any) -> None:
@@ -163,13 +132,10 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -
     port = free_port()
     root = tmp_path / "storage"
     db = tmp_path / "index.db"
-    config = tmp_path / "node.toml"
-    config.write_text(
-        f'[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = 2\n'
-        f'[storage]\nroot = "{root}"\nmin_free_mb = 10\n[database]\nurl = "sqlite:///{db}"\n'
-        '[logging]\nlevel = "WARNING"\n'
+    config = write_node_config(
+        tmp_path / "node.toml", port=port, workdir=tmp_path, extra='[logging]\nlevel = "WARNING"\n'
     )
-    node = Node(config, tmp_path / "node.log")
+    node = NodeProcess(config, tmp_path / "node.log")
     node.start()
     wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up")
 

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from pydicom import dcmread
 
 from tests.helpers import DCMTK, NODE_AE, free_port, wait_for
 from tests.integration.test_dcmtk_peers import ENV
-from tests.peers import echo_ok
+from tests.peers import NodeProcess, echo_ok, write_node_config
 
 
 def test_serve_logs_are_json_without_phi(tmp_path: Path, ct_dir: Path) -> None:
     port = free_port()
-    cfg = tmp_path / "node.toml"
-    cfg.write_text(
-        f'[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = 2\n'
-        f'[storage]\nroot = "{tmp_path / "storage"}"\nmin_free_mb = 10\n'
-        f'[database]\nurl = "sqlite:///{tmp_path / "index.db"}"\n'
-        "[completion]\nsettle_s = 0.5\nsweep_interval_s = 0.2\n"
+    cfg = write_node_config(
+        tmp_path / "node.toml",
+        port=port,
+        workdir=tmp_path,
+        extra="[completion]\nsettle_s = 0.5\nsweep_interval_s = 0.2\n",
     )
     log = tmp_path / "node.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node", "serve", "--config", str(cfg)],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
+    node = NodeProcess(cfg, log)
+    node.start()
     try:
         wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up")
         files = sorted(ct_dir.iterdir())  # the DIRFILE too: a refusal is logged
@@ -53,8 +44,7 @@ def test_serve_logs_are_json_without_phi(tmp_path: Path, ct_dir: Path) -> None:
         )
         wait_for(lambda: b"study_completed" in log.read_bytes(), 15, "completion logged")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        node.stop()
     text = log.read_text()
     ds = dcmread(files[1], stop_before_pixels=True)
     assert "c_store_failed" in text and "c_store_duplicate" in text  # it did log those paths
