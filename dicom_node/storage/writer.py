@@ -30,7 +30,6 @@ class AtomicWriter:
         self.incoming = incoming
         self.fsync = fsync
         self.min_free_bytes = min_free_bytes
-        self._known_dirs: set[Path] = set()
 
     def has_reserve(self) -> bool:
         """May a new association start? Wants room for at least one large instance above the
@@ -63,23 +62,29 @@ class AtomicWriter:
             tmp.unlink(missing_ok=True)
 
     def _publish(self, tmp: Path, final: Path, size: int, *, overwrite: bool) -> WriteResult:
-        parent = final.parent
-        if parent not in self._known_dirs:
-            parent.mkdir(parents=True, exist_ok=True)
-            self._fsync_dir(parent.parent)  # the new series folder's entry
-            self._known_dirs.add(parent)
-        existed = False
+        try:
+            existed = self._link_or_replace(tmp, final, overwrite=overwrite)
+        except FileNotFoundError:  # first instance of a series (or its folder was removed)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._fsync_dir(final.parent.parent)  # the new series folder's own entry
+            self._fsync_dir(final.parent.parent.parent)  # and a new study folder's
+            existed = self._link_or_replace(tmp, final, overwrite=overwrite)
+        if not existed or overwrite:
+            self._fsync_dir(final.parent)
+        return WriteResult(final, size, existed=existed)
+
+    @staticmethod
+    def _link_or_replace(tmp: Path, final: Path, *, overwrite: bool) -> bool:
+        """Publish ``tmp`` as ``final``; ``True`` if ``final`` already existed."""
         if overwrite:
             existed = final.exists()
             tmp.replace(final)
-        else:
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                existed = True
-        if not existed or overwrite:
-            self._fsync_dir(parent)
-        return WriteResult(final, size, existed=existed)
+            return existed
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return True
+        return False
 
     def _fsync_dir(self, folder: Path) -> None:
         if not self.fsync:
