@@ -33,6 +33,29 @@ def phi_hash(value: str | None) -> str | None:
     return hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
 
 
+def orientation_label(iop: object) -> str | None:
+    """AXIAL / SAGITTAL / CORONAL / OBLIQUE from Image Orientation (Patient).
+
+    The slice normal's dominant patient axis decides, so a gantry-tilted axial CT (the Philips
+    head CT, -18.5 degrees) is still AXIAL. ``None`` when the value is missing or malformed.
+    """
+    try:
+        rx, ry, rz, cx, cy, cz = (float(v) for v in iop)  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return None
+    normal = (ry * cz - rz * cy, rz * cx - rx * cz, rx * cy - ry * cx)
+    length = sum(n * n for n in normal) ** 0.5
+    if length == 0:
+        return None
+    axis = max(range(3), key=lambda i: abs(normal[i]))
+    if abs(normal[axis]) / length < OBLIQUE_BELOW:
+        return "OBLIQUE"
+    return ("SAGITTAL", "CORONAL", "AXIAL")[axis]
+
+
+OBLIQUE_BELOW = 0.8  # |cos| of the angle between the normal and the nearest axis (~37 degrees)
+
+
 class StudyState(enum.StrEnum):
     RECEIVING = "RECEIVING"
     COMPLETE = "COMPLETE"

@@ -8,6 +8,7 @@ Built once at process start from, in order of precedence: ``DICOM_NODE_*`` envir
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -89,6 +90,46 @@ class SecuritySettings(_Section):
         return value
 
 
+class RuleMatch(_Section):
+    """What a series must be for a rule to take it. Empty = any. Lists match any of their values,
+    except ``image_type``, all of whose values must be present."""
+
+    modality: tuple[str, ...] = ()
+    body_part: tuple[str, ...] = ()
+    series_description: str | None = Field(default=None, description="regex, case-insensitive")
+    sop_class: tuple[str, ...] = ()
+    image_type: tuple[str, ...] = ()
+    exclude_image_type: tuple[str, ...] = ("LOCALIZER", "DERIVED", "SECONDARY")
+    orientation: tuple[Literal["AXIAL", "SAGITTAL", "CORONAL", "OBLIQUE"], ...] = ("AXIAL",)
+    min_slices: int | None = Field(default=None, ge=1)
+    max_slices: int | None = Field(default=None, ge=1)
+    min_thickness_mm: float | None = Field(default=None, ge=0)
+    max_thickness_mm: float | None = Field(default=None, ge=0)
+    calling_ae: tuple[AETitle, ...] = ()
+    called_ae: tuple[AETitle, ...] = ()
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class RuleSettings(_Section):
+    """One routing rule (``[[rules]]``): which series of a complete study go to which models."""
+
+    name: str = Field(min_length=1, max_length=64)
+    models: tuple[str, ...] = Field(min_length=1)
+    priority: Literal["stat", "routine"] = "routine"
+    select: Literal["most_slices", "thinnest_slices", "all"] = "most_slices"
+    destinations: tuple[str, ...] = ()
+    match: RuleMatch = RuleMatch()
+
+
 class LoggingSettings(_Section):
     """JSON logs on stderr; never patient names or IDs."""
 
@@ -112,6 +153,7 @@ class Settings(BaseSettings):
     completion: CompletionSettings = CompletionSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
+    rules: tuple[RuleSettings, ...] = ()
 
     @classmethod
     def settings_customise_sources(
@@ -177,6 +219,11 @@ def env_example() -> str:
     ]
     defaults = Settings.model_construct()
     for section in Settings.model_fields:
+        if section == "rules":
+            lines.append(
+                "\n# [[rules]] routing rules are lists of tables: set them in the TOML file"
+            )
+            continue
         model = type(getattr(defaults, section))
         lines.append(f"\n# [{section}] {(model.__doc__ or '').strip().splitlines()[0]}")
         for name, info in model.model_fields.items():

@@ -16,9 +16,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 studies_app = typer.Typer(help="Studies in the index (no patient names).")
 db_app = typer.Typer(no_args_is_help=True, help="The index database.")
+rules_app = typer.Typer(no_args_is_help=True, help="Routing rules ([[rules]] in the config).")
 app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
 app.add_typer(db_app, name="db")
+app.add_typer(rules_app, name="rules")
 
 ConfigOption = Annotated[
     Path | None,
@@ -114,6 +116,36 @@ def studies_show(uid: str, config: ConfigOption = None) -> None:
         typer.echo(f"no study {uid}", err=True)
         raise typer.Exit(1)
     typer.echo(json.dumps(detail, indent=2))
+
+
+@rules_app.command("test")
+def rules_test(uid: str, as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Dry run: which model would run on which series of a study, and why not the others."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from dicom_node.jobs.facts import study_series_facts  # noqa: PLC0415
+    from dicom_node.jobs.rules import evaluate  # noqa: PLC0415
+
+    settings = _settings(config)
+    facts = study_series_facts(_engine(settings), uid)
+    if facts is None:
+        typer.echo(f"no study {uid}", err=True)
+        raise typer.Exit(1)
+    outcomes = evaluate(settings.rules, facts)
+    if as_json:
+        typer.echo(json.dumps([asdict(o) for o in outcomes], indent=2))
+        return
+    if not outcomes:
+        typer.echo("no [[rules]] configured")
+    described = {f.series_uid: f for f in facts}
+    for o in outcomes:
+        verdict = f"runs {', '.join(o.models)} ({o.priority})" if o.chosen else "does not apply"
+        typer.echo(f"rule {o.rule}: {verdict}")
+        for uid_ in o.chosen:
+            f = described[uid_]
+            typer.echo(f"  + {uid_}  {f.modality} {f.instances} inst {f.series_description or ''}")
+        for uid_, why in o.reasons.items():
+            typer.echo(f"  - {uid_}  {why}")
 
 
 @db_app.command("upgrade")

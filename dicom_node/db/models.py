@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -89,6 +90,13 @@ class Series(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     series_number: Mapped[int | None] = mapped_column(Integer)
     first_received: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Taken from the series' first instance: what routing rules match on.
+    sop_class_uid: Mapped[str | None] = mapped_column(UID)
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(16))
+    image_type: Mapped[str | None] = mapped_column(String(128))  # values joined with "\\"
+    slice_thickness_mm: Mapped[float | None] = mapped_column(Float)
+    orientation: Mapped[str | None] = mapped_column(String(8))  # AXIAL/SAGITTAL/CORONAL/OBLIQUE
 
 
 class Instance(Base):

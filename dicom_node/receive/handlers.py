@@ -33,7 +33,7 @@ from dicom_node.storage.writer import AtomicWriter
 
 log = get_logger(__name__)
 
-LAST_INDEXED_TAG: BaseTag = Tag(0x0020, 0x0013)  # Instance Number
+LAST_INDEXED_TAG: BaseTag = Tag(0x0020, 0x0037)  # Image Orientation (Patient)
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 §9.3.4
 REJECT_HOST_NOT_ALLOWED = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
@@ -197,7 +197,7 @@ class ScpHandlers:
 
 
 def index_header(event: Event) -> Dataset:
-    """The data set up to Instance Number (0020,0013): all the index needs, without touching the
+    """The data set up to Image Orientation (0020,0037): all the index needs, without touching the
     pixel data. Deflated data sets go through pynetdicom's full decode."""
     ts = event.context.transfer_syntax
     if ts.is_deflated:

@@ -50,6 +50,11 @@ class InstanceRecord:
     modality: str | None = None
     series_number: int | None = None
     instance_number: int | None = None
+    series_description: str | None = None
+    body_part: str | None = None
+    image_type: str | None = None
+    slice_thickness_mm: float | None = None
+    orientation: str | None = None
 
 
 @dataclass(slots=True)
@@ -256,6 +261,12 @@ class Index:
                     "modality": rec.modality,
                     "series_number": rec.series_number,
                     "first_received": rec.received_at,
+                    "sop_class_uid": rec.sop_class_uid,
+                    "series_description": rec.series_description,
+                    "body_part": rec.body_part,
+                    "image_type": rec.image_type,
+                    "slice_thickness_mm": rec.slice_thickness_mm,
+                    "orientation": rec.orientation,
                 },
             )
             series_id = int(

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.exc import DBAPIError
 
 from dicom_node.db.models import utcnow
-from dicom_node.domain import is_valid_uid
+from dicom_node.domain import is_valid_uid, orientation_label
 from dicom_node.errors import Rejected
 from dicom_node.receive import statuses
 from dicom_node.storage.index import AssociationCache, Index, InstanceRecord
@@ -92,6 +92,11 @@ class Intake:
             modality=_text(attrs.get("Modality")),
             series_number=_int(attrs.get("SeriesNumber")),
             instance_number=_int(attrs.get("InstanceNumber")),
+            series_description=_text(attrs.get("SeriesDescription"), 64),
+            body_part=_text(attrs.get("BodyPartExamined"), 16),
+            image_type=_multi(attrs.get("ImageType")),
+            slice_thickness_mm=_float(attrs.get("SliceThickness")),
+            orientation=orientation_label(attrs.get("ImageOrientationPatient")),
         )
         try:
             self.index.record_instance(
@@ -121,6 +126,11 @@ _INDEXED_KEYWORDS = (
     "Modality",
     "SeriesNumber",
     "InstanceNumber",
+    "SeriesDescription",
+    "BodyPartExamined",
+    "ImageType",
+    "SliceThickness",
+    "ImageOrientationPatient",
 )
 
 
@@ -177,9 +187,24 @@ def _patient_key(attrs: dict[str, Any]) -> str | None:
     return hashlib.sha256(f"{issuer}\\{pid}".encode()).hexdigest()
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any, max_length: int = 64) -> str | None:
     text = str(value).strip() if value is not None else ""
-    return text or None
+    return text[:max_length] or None
+
+
+def _multi(value: Any) -> str | None:
+    """A multi-valued CS (Image Type) as stored in the index: values joined by backslash."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else list(value)
+    return "\\".join(str(v).strip().upper() for v in values)[:128] or None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _int(value: Any) -> int | None:

@@ -1,0 +1,1 @@
+"""④ Jobs: routing rules (which series go to which models) and, next, the job service."""
