@@ -10,6 +10,7 @@ import enum
 import hashlib
 import re
 from collections.abc import Mapping
+from typing import TypeVar
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 UID_MAX_LENGTH = 64
@@ -75,11 +76,36 @@ class IllegalTransitionError(Exception):
     """A state change that the lifecycle's transition table does not allow."""
 
 
-def check_transition(
-    table: Mapping[StudyState, frozenset[StudyState]], current: StudyState, target: StudyState
-) -> None:
+S = TypeVar("S", bound=enum.StrEnum)
+
+
+def check_transition(table: Mapping[S, frozenset[S]], current: S, target: S) -> None:
     if target not in table.get(current, frozenset()):
         raise IllegalTransitionError(f"{current} -> {target} is not allowed")
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    RESULTS_READY = "RESULTS_READY"
+    EXPORTING = "EXPORTING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    # RUNNING -> QUEUED: a transient error or a lost worker (attempts + 1)
+    JobState.RUNNING: frozenset(
+        {JobState.RESULTS_READY, JobState.QUEUED, JobState.FAILED, JobState.CANCELLED}
+    ),
+    JobState.RESULTS_READY: frozenset({JobState.EXPORTING, JobState.FAILED}),
+    JobState.EXPORTING: frozenset({JobState.DONE, JobState.FAILED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset({JobState.QUEUED}),  # an admin's retry
+    JobState.CANCELLED: frozenset({JobState.QUEUED}),  # an admin's retry
+}
 
 
 class AssociationEnd(enum.StrEnum):

@@ -13,13 +13,15 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from dicom_node.db.migrate import upgrade
 from dicom_node.db.session import make_engine
+from dicom_node.jobs.service import create_jobs
 from dicom_node.logs import get_logger
 from dicom_node.receive.scp import serve_scp_process
 from dicom_node.settings import Settings
@@ -27,7 +29,7 @@ from dicom_node.storage.index import Index
 from dicom_node.storage.paths import StorageLayout
 from dicom_node.storage.recovery import RecoveryReport, recover
 from dicom_node.studies.policy import CompletionPolicy
-from dicom_node.studies.sweeper import Sweeper
+from dicom_node.studies.sweeper import OnComplete, Sweeper
 
 log = get_logger(__name__)
 
@@ -51,6 +53,22 @@ def prepare(settings: Settings) -> Prepared:
 def completion_policy(settings: Settings) -> CompletionPolicy:
     c = settings.completion
     return CompletionPolicy(c.quiet_period_s, c.settle_s, c.force_complete_after_s)
+
+
+def job_maker(settings: Settings) -> OnComplete:
+    """What happens when a study completes: its jobs are made, in the same transaction."""
+
+    def make(conn: Connection, study_id: int, study_uid: str, at: datetime) -> list[str]:
+        return create_jobs(
+            conn,
+            study_id=study_id,
+            study_uid=study_uid,
+            rules=settings.rules,
+            settings=settings.jobs,
+            at=at,
+        )
+
+    return make
 
 
 def scp_process_count(settings: Settings) -> int:
@@ -79,6 +97,7 @@ class Node:
             prepared.engine,
             completion_policy(self.settings),
             self.settings.completion.sweep_interval_s,
+            job_maker(self.settings),
         )
         sweeper.start()
         index = Index(prepared.engine)

@@ -130,6 +130,13 @@ class RuleSettings(_Section):
     match: RuleMatch = RuleMatch()
 
 
+class JobSettings(_Section):
+    """Attempts and leases of inference jobs (the database is the queue of record)."""
+
+    max_attempts: int = Field(default=3, ge=1, description="then FAILED, not requeued forever")
+    lease_s: float = Field(default=900.0, gt=0, description="a RUNNING job must heartbeat within")
+
+
 class LoggingSettings(_Section):
     """JSON logs on stderr; never patient names or IDs."""
 
@@ -153,6 +160,7 @@ class Settings(BaseSettings):
     completion: CompletionSettings = CompletionSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
+    jobs: JobSettings = JobSettings()
     rules: tuple[RuleSettings, ...] = ()
 
     @classmethod

@@ -46,9 +46,9 @@ def node(tmp_path: Path) -> Iterator[RunningNode]:
     running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    """A fresh PostgreSQL database on the local server for each test, dropped afterwards."""
     name = f"dicom_node_test_{unique_name()}"
     try:
         admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)

@@ -20,7 +20,7 @@ from pynetdicom import AE
 from sqlalchemy import Engine
 
 from dicom_node.admin.queries import list_studies
-from dicom_node.node import completion_policy, prepare
+from dicom_node.node import completion_policy, job_maker, prepare
 from dicom_node.receive.scp import Scp, build_scp
 from dicom_node.settings import Settings, load_settings
 from dicom_node.studies.sweeper import Sweeper
@@ -55,7 +55,7 @@ def wait_for(
         time.sleep(interval)
 
 
-def node_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, Any]) -> Settings:
+def node_settings(tmp: Path, db_url: str | None = None, **sections: Any) -> Settings:
     base: dict[str, dict[str, Any]] = {
         "node": {"host": "127.0.0.1", "port": free_port(), "scp_processes": 1},
         "storage": {"root": str(tmp / "storage"), "min_free_mb": 10},
@@ -63,7 +63,10 @@ def node_settings(tmp: Path, db_url: str | None = None, **sections: dict[str, An
         "completion": {"quiet_period_s": 4.0, "settle_s": 1.0, "sweep_interval_s": 0.1},
     }
     for name, values in sections.items():
-        base.setdefault(name, {}).update(values)
+        if isinstance(values, dict):
+            base.setdefault(name, {}).update(values)
+        else:
+            base[name] = values  # a list of tables, e.g. rules
     return load_settings(**base)
 
 
@@ -106,7 +109,10 @@ def start_node(settings: Settings, *, sweeper: bool = True) -> RunningNode:
     sw = None
     if sweeper:
         sw = Sweeper(
-            prepared.engine, completion_policy(settings), settings.completion.sweep_interval_s
+            prepared.engine,
+            completion_policy(settings),
+            settings.completion.sweep_interval_s,
+            job_maker(settings),
         )
         sw.start()
     return RunningNode(settings, prepared.engine, scp, sw)

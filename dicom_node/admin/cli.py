@@ -106,6 +106,24 @@ def studies(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOptio
         )
 
 
+@app.command()
+def jobs(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Inference jobs, newest first, with their state and attempts."""
+    from dicom_node.admin.queries import list_jobs  # noqa: PLC0415
+
+    rows = list_jobs(_engine(_settings(config)))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'STATE':<14} {'TRY':>5}  {'MODEL':<20} {'RULE':<20} JOB / STUDY")
+    for r in rows:
+        tries = f"{r['attempts']}/{r['max_attempts']}"
+        typer.echo(
+            f"{r['state']:<14} {tries:>5}  {r['model']:<20} {r['rule']:<20} "
+            f"{r['job_id']} {r['study_uid']}"
+        )
+
+
 @studies_app.command("show")
 def studies_show(uid: str, config: ConfigOption = None) -> None:
     """One study: its series and its timeline of audit events."""
@@ -127,7 +145,8 @@ def rules_test(uid: str, as_json: JsonOption = False, config: ConfigOption = Non
     from dicom_node.jobs.rules import evaluate  # noqa: PLC0415
 
     settings = _settings(config)
-    facts = study_series_facts(_engine(settings), uid)
+    with _engine(settings).connect() as conn:
+        facts = study_series_facts(conn, uid)
     if facts is None:
         typer.echo(f"no study {uid}", err=True)
         raise typer.Exit(1)

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from dicom_node.db.models import AuditEvent, Instance, Series, Study
+from dicom_node.db.models import AuditEvent, Instance, Job, Series, Study
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -95,3 +95,27 @@ def show_study(engine: Engine, study_uid: str) -> dict[str, Any] | None:
         for at, etype, actor, details in events
     ]
     return summary
+
+
+def list_jobs(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:
+    """Newest first."""
+    stmt = select(Job.__table__).order_by(Job.created_at.desc()).limit(limit)
+    with engine.connect() as conn:
+        rows = [row._mapping for row in conn.execute(stmt)]
+    stamps = ("created_at", "queued_at", "started_at", "results_ready_at", "finished_at")
+    return [
+        {
+            "job_id": r["id"],
+            "study_uid": r["study_uid"],
+            "rule": r["rule"],
+            "model": r["model"],
+            "state": r["state"],
+            "priority": "stat" if r["priority"] == 0 else "routine",
+            "series_uids": r["series_uids"],
+            "attempts": r["attempts"],
+            "max_attempts": r["max_attempts"],
+            "error": r["error"],
+            **{k: _iso(r[k]) for k in stamps},
+        }
+        for r in rows
+    ]

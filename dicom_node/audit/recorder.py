@@ -20,6 +20,14 @@ class AuditEventType(enum.StrEnum):
     RECOVERY_INDEXED = "recovery.indexed"
     RECOVERY_QUARANTINED = "recovery.quarantined"
     ASSOCIATIONS_CLOSED_AT_START = "associations.closed_at_start"
+    JOB_QUEUED = "job.queued"
+    JOB_RUNNING = "job.running"
+    JOB_REQUEUED = "job.requeued"
+    JOB_RESULTS_READY = "job.results_ready"
+    JOB_EXPORTING = "job.exporting"
+    JOB_DONE = "job.done"
+    JOB_FAILED = "job.failed"
+    JOB_CANCELLED = "job.cancelled"
 
 
 def record(

@@ -139,6 +139,34 @@ class StudyAssociation(Base):
     association_id: Mapped[str] = mapped_column(ForeignKey("associations.id"), primary_key=True)
 
 
+class Job(Base):
+    """One model run on the series a rule chose. The row is the truth; a queue only carries ids."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_priority", "state", "priority"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(UID)
+    rule: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))
+    series_uids: Mapped[list[str]] = mapped_column(JSON)
+    # sha256 of (model, rule, sorted SOP Instance UIDs): the same input never makes two jobs.
+    input_key: Mapped[str] = mapped_column(String(64), unique=True)
+    priority: Mapped[int] = mapped_column(Integer)  # 0 = stat, 1 = routine
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    results_ready_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditEvent(Base):
     """Append-only. One row per state change, in the same transaction as the change."""
 

@@ -6,9 +6,11 @@ Stateless between sweeps (the database is the truth), so a restarted node simply
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, case, func, or_, select
+from sqlalchemy import Connection, Engine, Select, and_, case, func, or_, select
 
 from dicom_node.db.models import Association, Study, StudyAssociation, utcnow
 from dicom_node.domain import OPEN_STUDY_STATES, AssociationEnd, StudyState
@@ -51,7 +53,13 @@ def _evidence_query() -> Select[Any]:
     )
 
 
-def sweep_once(engine: Engine, policy: CompletionPolicy) -> list[str]:
+OnComplete = Callable[[Connection, int, str, datetime], object]
+"""Called inside the transaction that completes a study (the job service makes its jobs)."""
+
+
+def sweep_once(
+    engine: Engine, policy: CompletionPolicy, on_complete: OnComplete | None = None
+) -> list[str]:
     """Complete every study whose evidence says so. Returns their UIDs."""
     now = utcnow()
     with engine.connect() as conn:
@@ -78,6 +86,8 @@ def sweep_once(engine: Engine, policy: CompletionPolicy) -> list[str]:
                 at=now,
                 reason=str(reason),
             )
+            if moved and on_complete is not None:
+                on_complete(conn, study_id, uid, now)
         if moved:
             completed.append(uid)
             log.info(
@@ -90,17 +100,24 @@ def sweep_once(engine: Engine, policy: CompletionPolicy) -> list[str]:
 
 
 class Sweeper(threading.Thread):
-    def __init__(self, engine: Engine, policy: CompletionPolicy, interval_s: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        policy: CompletionPolicy,
+        interval_s: float,
+        on_complete: OnComplete | None = None,
+    ) -> None:
         super().__init__(name="completion-sweeper", daemon=True)
         self.engine = engine
         self.policy = policy
+        self.on_complete = on_complete
         self.interval_s = interval_s
         self.stopping = threading.Event()
 
     def run(self) -> None:
         while not self.stopping.wait(self.interval_s):
             try:
-                sweep_once(self.engine, self.policy)
+                sweep_once(self.engine, self.policy, self.on_complete)
             except Exception:
                 log.exception("sweep_failed")
 

@@ -1,0 +1,264 @@
+"""The job service: jobs made when a study completes, moved only through ``JOB_TRANSITIONS``.
+
+The database is the queue of record. Every transition is one conditional UPDATE plus one audit
+event in the same transaction, so two workers (or a worker and the reconciler) racing on a job
+cannot both move it. A queue (Celery, or the embedded runner) only carries job ids, enqueued
+after the commit that made them QUEUED.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select, update
+
+from dicom_node.audit.recorder import AuditEventType, record
+from dicom_node.db.models import Instance, Job, Series, utcnow
+from dicom_node.domain import JOB_TRANSITIONS, JobState, check_transition
+from dicom_node.jobs.facts import study_series_facts
+from dicom_node.jobs.rules import evaluate
+from dicom_node.settings import JobSettings, RuleSettings
+from dicom_node.storage.index import insert_ignore
+
+PRIORITY = {"stat": 0, "routine": 1}
+_AUDIT = {
+    JobState.QUEUED: AuditEventType.JOB_QUEUED,
+    JobState.RUNNING: AuditEventType.JOB_RUNNING,
+    JobState.RESULTS_READY: AuditEventType.JOB_RESULTS_READY,
+    JobState.EXPORTING: AuditEventType.JOB_EXPORTING,
+    JobState.DONE: AuditEventType.JOB_DONE,
+    JobState.FAILED: AuditEventType.JOB_FAILED,
+    JobState.CANCELLED: AuditEventType.JOB_CANCELLED,
+}
+_STAMP = {
+    JobState.QUEUED: "queued_at",
+    JobState.RUNNING: "started_at",
+    JobState.RESULTS_READY: "results_ready_at",
+    JobState.DONE: "finished_at",
+    JobState.FAILED: "finished_at",
+    JobState.CANCELLED: "finished_at",
+}
+
+
+def input_key(model: str, rule: str, sop_instance_uids: Sequence[str]) -> str:
+    digest = hashlib.sha256(f"{model}\n{rule}\n".encode())
+    for uid in sorted(sop_instance_uids):
+        digest.update(uid.encode() + b"\n")
+    return digest.hexdigest()
+
+
+def create_jobs(
+    conn: Connection,
+    *,
+    study_id: int,
+    study_uid: str,
+    rules: Sequence[RuleSettings],
+    settings: JobSettings,
+    at: datetime,
+) -> list[str]:
+    """QUEUED jobs for every (rule, model) that applies; none twice for the same input."""
+    facts = study_series_facts(conn, study_uid) or []
+    created = []
+    for outcome in evaluate(rules, facts):
+        if not outcome.chosen:
+            continue
+        sops = list(
+            conn.execute(
+                select(Instance.sop_instance_uid)
+                .join(Series, Series.id == Instance.series_id)
+                .where(Series.series_uid.in_(outcome.chosen))
+            ).scalars()
+        )
+        for model in outcome.models:
+            job_id = str(uuid.uuid4())
+            values = {
+                "id": job_id,
+                "study_id": study_id,
+                "study_uid": study_uid,
+                "rule": outcome.rule,
+                "model": model,
+                "series_uids": list(outcome.chosen),
+                "input_key": input_key(model, outcome.rule, sops),
+                "priority": PRIORITY[outcome.priority],
+                "state": str(JobState.QUEUED),
+                "attempts": 0,
+                "max_attempts": settings.max_attempts,
+                "created_at": at,
+                "queued_at": at,
+            }
+            if insert_ignore(conn, Job, values):
+                _audit(
+                    conn,
+                    job_id,
+                    study_uid=study_uid,
+                    current=None,
+                    target=JobState.QUEUED,
+                    at=at,
+                    reason="study complete",
+                    details={"rule": outcome.rule, "model": model, "series": list(outcome.chosen)},
+                )
+                created.append(job_id)
+    return created
+
+
+def transition_job(
+    conn: Connection,
+    job_id: str,
+    current: JobState,
+    target: JobState,
+    *,
+    at: datetime,
+    reason: str,
+    actor: str = "system",
+    values: dict[str, Any] | None = None,
+) -> bool:
+    """Move one job; ``False`` if it was no longer ``current`` (someone else moved it)."""
+    check_transition(JOB_TRANSITIONS, current, target)
+    changes: dict[str, Any] = {"state": str(target), **(values or {})}
+    if target in _STAMP:
+        changes.setdefault(_STAMP[target], at)
+    row = conn.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == str(current))
+        .values(**changes)
+        .returning(Job.study_uid)
+    ).first()
+    if row is None:
+        return False
+    _audit(
+        conn,
+        job_id,
+        study_uid=row.study_uid,
+        current=current,
+        target=target,
+        at=at,
+        reason=reason,
+        actor=actor,
+    )
+    return True
+
+
+def _audit(
+    conn: Connection,
+    job_id: str,
+    *,
+    study_uid: str,
+    current: JobState | None,
+    target: JobState,
+    at: datetime,
+    reason: str,
+    details: dict[str, Any] | None = None,
+    actor: str = "system",
+) -> None:
+    event = _AUDIT[target]
+    if current is JobState.RUNNING and target is JobState.QUEUED:
+        event = AuditEventType.JOB_REQUEUED
+    record(
+        conn,
+        event,
+        study_uid=study_uid,
+        entity_type="job",
+        entity_id=job_id,
+        actor=actor,
+        at=at,
+        details={
+            "from": current and str(current),
+            "to": str(target),
+            "reason": reason,
+            **(details or {}),
+        },
+    )
+
+
+def claim(engine: Engine, job_id: str, worker: str, settings: JobSettings) -> bool:
+    """QUEUED -> RUNNING for this worker, with a lease; ``False`` if another got it first."""
+    now = utcnow()
+    with engine.begin() as conn:
+        attempts = conn.execute(select(Job.attempts).where(Job.id == job_id)).scalar_one()
+        return transition_job(
+            conn,
+            job_id,
+            JobState.QUEUED,
+            JobState.RUNNING,
+            at=now,
+            reason=f"claimed by {worker}",
+            values={
+                "worker": worker,
+                "attempts": attempts + 1,
+                "lease_expires_at": now + timedelta(seconds=settings.lease_s),
+                "error": None,
+            },
+        )
+
+
+def heartbeat(engine: Engine, job_id: str, worker: str, settings: JobSettings) -> bool:
+    """Extend a RUNNING job's lease; ``False`` if the job is no longer this worker's."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == str(JobState.RUNNING), Job.worker == worker)
+            .values(lease_expires_at=utcnow() + timedelta(seconds=settings.lease_s))
+        )
+        return bool(result.rowcount)
+
+
+def give_back(engine: Engine, job_id: str, error: str, *, permanent: bool = False) -> JobState:
+    """A RUNNING job that could not finish: back to QUEUED while attempts remain, else FAILED."""
+    now = utcnow()
+    with engine.begin() as conn:
+        job = conn.execute(select(Job.attempts, Job.max_attempts).where(Job.id == job_id)).one()
+        exhausted = job.attempts >= job.max_attempts
+        if permanent or exhausted:
+            message = error if permanent else f"{error} (failed {job.attempts} attempts)"
+            transition_job(
+                conn,
+                job_id,
+                JobState.RUNNING,
+                JobState.FAILED,
+                at=now,
+                reason=message,
+                values={"error": message[:1024], "lease_expires_at": None},
+            )
+            return JobState.FAILED
+        transition_job(
+            conn,
+            job_id,
+            JobState.RUNNING,
+            JobState.QUEUED,
+            at=now,
+            reason=error,
+            values={"error": error[:1024], "worker": None, "lease_expires_at": None},
+        )
+        return JobState.QUEUED
+
+
+def reconcile(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
+    """Jobs to (re-)enqueue now: RUNNING past their lease (a killed worker) go back to QUEUED or
+    FAILED by their attempts; QUEUED jobs nobody claimed for ``unclaimed_after_s`` (a lost
+    broker message, a restarted node) are returned as they are."""
+    now = utcnow()
+    with engine.connect() as conn:
+        expired = list(
+            conn.execute(
+                select(Job.id).where(Job.state == str(JobState.RUNNING), Job.lease_expires_at < now)
+            ).scalars()
+        )
+    requeued = [
+        job_id
+        for job_id in expired
+        if give_back(engine, job_id, "lease expired: the worker stopped answering")
+        is JobState.QUEUED
+    ]
+    with engine.connect() as conn:
+        stale = now - timedelta(seconds=unclaimed_after_s)
+        return requeued + list(
+            conn.execute(
+                select(Job.id)
+                .where(Job.state == str(JobState.QUEUED), Job.queued_at <= stale)
+                .order_by(Job.priority, Job.queued_at)
+            ).scalars()
+        )
