@@ -1,0 +1,1 @@
+"""⑤a Inference: series -> geometry-checked volume -> model. Needs the ``[worker]`` extra."""
