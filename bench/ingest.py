@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.helpers import DCMTK, free_port, testdata_root, wait_for  # noqa: E402
 from tests.peers import (  # noqa: E402
+    DCMTK_ENV,
     NodeProcess,
     echo_ok,
     orthanc,
@@ -39,7 +40,6 @@ from tests.peers import (  # noqa: E402
 )
 
 CT_SERIES = "dcm_qa_ct/In/Philips/S21610/S2010"
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def make_study(out: Path, count: int) -> tuple[list[Path], int]:
@@ -68,7 +68,7 @@ def send(port: int, aet: str, files: list[Path], associations: int) -> float:
     procs = [
         subprocess.Popen(
             [DCMTK / "storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, c)],
-            env=ENV,
+            env=DCMTK_ENV,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

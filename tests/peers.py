@@ -17,6 +17,21 @@ from typing import Any
 from tests.helpers import DCMTK, free_port, wait_for
 
 ORTHANC = Path("/usr/sbin/Orthanc")
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # PITFALLS 1: or the timings lie
+
+
+def dcmtk(
+    tool: str, *args: object, timeout: float = 120, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run a dcmtk tool by absolute path (PITFALLS 9) with TCP_NODELAY=1; output captured."""
+    return subprocess.run(
+        [str(DCMTK / tool), *map(str, args)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+    )
 
 
 @dataclass
@@ -113,14 +128,7 @@ def storescp(
 
 
 def echo_ok(port: int, aet: str) -> bool:
-    return (
-        subprocess.run(
-            [DCMTK / "echoscu", "-aec", aet, "127.0.0.1", str(port)],
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
+    return dcmtk("echoscu", "-aec", aet, "127.0.0.1", port, timeout=30).returncode == 0
 
 
 def write_node_config(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +15,8 @@ from pydicom.uid import UID
 from sqlalchemy import select
 
 from dicom_node.db.models import Instance
-from tests.helpers import DCMTK, NODE_AE, RunningNode
-from tests.peers import storescp
+from tests.helpers import NODE_AE, RunningNode
+from tests.peers import dcmtk, storescp
 
 # storescu only proposes what it is told to (PITFALLS 11); one flag per transfer syntax.
 STORESCU_FLAG = {
@@ -37,7 +35,6 @@ STORESCU_FLAG = {
     "1.2.840.10008.1.2.5": "-xr",
 }
 TRAILING_PADDING = 0xFFFCFFFC
-ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def dataset_bytes(path: Path) -> tuple[str, bytes]:
@@ -74,24 +71,8 @@ def storescu(port: int, flag: str, files: list[Path], called: str = NODE_AE) -> 
 
     ``-nh`` exits 0 even when a store failed (PITFALLS 11), so the verbose log is the evidence.
     """
-    done = subprocess.run(
-        [
-            DCMTK / "storescu",
-            "-v",
-            "-aec",
-            called,
-            "-R",
-            "-nh",
-            flag,
-            "127.0.0.1",
-            str(port),
-            *[str(p) for p in files],
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = dcmtk(
+        "storescu", "-v", "-aec", called, "-R", "-nh", flag, "127.0.0.1", port, *files, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     responses: dict[str, str] = {}
@@ -106,14 +87,7 @@ def storescu(port: int, flag: str, files: list[Path], called: str = NODE_AE) -> 
 
 
 def test_echoscu(node: RunningNode) -> None:
-    done = subprocess.run(
-        [DCMTK / "echoscu", "-aec", NODE_AE, "127.0.0.1", str(node.port)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = dcmtk("echoscu", "-aec", NODE_AE, "127.0.0.1", node.port, timeout=30)
     assert done.returncode == 0, done.stderr
 
 

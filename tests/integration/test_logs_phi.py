@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from pydicom import dcmread
 
-from tests.helpers import DCMTK, NODE_AE, free_port, wait_for
-from tests.integration.test_dcmtk_peers import ENV
-from tests.peers import NodeProcess, echo_ok, write_node_config
+from tests.helpers import NODE_AE, free_port, wait_for
+from tests.peers import NodeProcess, dcmtk, echo_ok, write_node_config
 
 
 def test_serve_logs_are_json_without_phi(tmp_path: Path, ct_dir: Path) -> None:
@@ -26,22 +24,7 @@ def test_serve_logs_are_json_without_phi(tmp_path: Path, ct_dir: Path) -> None:
     try:
         wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up")
         files = sorted(ct_dir.iterdir())  # the DIRFILE too: a refusal is logged
-        subprocess.run(
-            [
-                DCMTK / "storescu",
-                "-nh",
-                "-aec",
-                NODE_AE,
-                "127.0.0.1",
-                str(port),
-                *map(str, files),
-                *map(str, files[:3]),
-            ],
-            env=ENV,
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
+        dcmtk("storescu", "-nh", "-aec", NODE_AE, "127.0.0.1", port, *files, *files[:3], check=True)
         wait_for(lambda: b"study_completed" in log.read_bytes(), 15, "completion logged")
     finally:
         node.stop()

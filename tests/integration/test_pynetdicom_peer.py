@@ -32,6 +32,7 @@ from tests.helpers import (
     send_datasets,
     start_node,
 )
+from tests.peers import dcmtk
 
 
 def send_raw(
@@ -180,27 +181,18 @@ def test_dataset_uid_must_match_request(node: RunningNode, ct_slice: Path) -> No
 
 def test_philips_dirfile_refused_without_overwrite(node: RunningNode, ct_dir: Path) -> None:
     """The real trap, with dcmtk: storescu +sd sends DIRFILE as a CT carrying a real UID."""
-    import subprocess  # noqa: PLC0415
-
-    from tests.integration.test_dcmtk_peers import ENV  # noqa: PLC0415
 
     images = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")
-    done = subprocess.run(
-        [
-            "/usr/bin/storescu",
-            "-v",
-            "-nh",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(node.port),
-            *map(str, images),
-            str(ct_dir / "DIRFILE"),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = dcmtk(
+        "storescu",
+        "-v",
+        "-nh",
+        "-aec",
+        NODE_AE,
+        "127.0.0.1",
+        node.port,
+        *images,
+        ct_dir / "DIRFILE",
         check=True,
     )
     assert "Error: DataSetDoesNotMatchSOPClass" in done.stderr

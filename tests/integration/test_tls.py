@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DCMTK, NODE_AE, RunningNode, node_settings, start_node
-from tests.integration.test_dcmtk_peers import ENV
+from tests.helpers import NODE_AE, RunningNode, node_settings, start_node
+from tests.peers import dcmtk
 
 
 def openssl(*args: str) -> None:
@@ -102,24 +102,18 @@ def storescu_tls(
     port: int, pki: Path, files: list[Path], *, client_cert: bool
 ) -> subprocess.CompletedProcess[str]:
     tls = ["+tls", str(pki / "client.key"), str(pki / "client.pem")] if client_cert else ["+tla"]
-    return subprocess.run(
-        [
-            DCMTK / "storescu",
-            "-v",
-            *tls,
-            "+cf",
-            str(pki / "ca.pem"),
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
+    return dcmtk(
+        "storescu",
+        "-v",
+        *tls,
+        "+cf",
+        pki / "ca.pem",
+        "-aec",
+        NODE_AE,
+        "127.0.0.1",
+        port,
+        *files,
         timeout=60,
-        check=False,
     )
 
 
@@ -152,20 +146,8 @@ def test_tls_client_without_certificate_refused(
 def test_plain_tcp_client_cannot_store_on_tls_port(
     tls_node_any_client: RunningNode, ct_slice: Path
 ) -> None:
-    done = subprocess.run(
-        [
-            DCMTK / "storescu",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(tls_node_any_client.port),
-            str(ct_slice),
-        ],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = dcmtk(
+        "storescu", "-aec", NODE_AE, "127.0.0.1", tls_node_any_client.port, ct_slice, timeout=60
     )
     assert done.returncode != 0
     assert tls_node_any_client.studies() == []
