@@ -3,7 +3,11 @@
 1. prepare: migrate the index, run the recovery scan, close associations left open by a crash;
 2. receive: N SCP processes (``dicom_node.receive``) listen on one port with SO_REUSEPORT;
    a supervisor restarts any that dies;
-3. complete: the sweeper (``dicom_node.studies``) turns evidence into COMPLETE studies.
+3. complete: the sweeper (``dicom_node.studies``) turns evidence into COMPLETE studies and, in
+   the same transaction, makes their jobs (``dicom_node.jobs``);
+4. dispatch: the reconciler (``dicom_node.jobs.dispatch``) expires leases and, with a broker,
+   publishes committed QUEUED job ids to Celery; with none (embedded, the default), the node's
+   own worker processes (``dicom_node.jobs.embedded``) take QUEUED rows from the database.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from sqlalchemy import Connection, Engine
 
 from dicom_node.db.migrate import upgrade
 from dicom_node.db.session import make_engine
+from dicom_node.jobs.dispatch import Dispatcher, celery_publisher
+from dicom_node.jobs.embedded import EmbeddedWorkers
 from dicom_node.jobs.service import create_jobs
 from dicom_node.logs import get_logger
 from dicom_node.receive.scp import serve_scp_process
@@ -93,11 +99,21 @@ class Node:
 
     def run(self) -> None:
         prepared = prepare(self.settings)
+        broker = self.settings.queue.broker_url
+        dispatcher = Dispatcher(
+            prepared.engine, self.settings, celery_publisher(self.settings) if broker else None
+        )
+        dispatcher.start()
+        embedded = None
+        if broker is None and self.settings.queue.embedded_workers:
+            embedded = EmbeddedWorkers(prepared.engine, self.settings)
+            embedded.start()
         sweeper = Sweeper(
             prepared.engine,
             completion_policy(self.settings),
             self.settings.completion.sweep_interval_s,
             job_maker(self.settings),
+            after_commit=lambda _uids: dispatcher.wake(),
         )
         sweeper.start()
         index = Index(prepared.engine)
@@ -110,6 +126,7 @@ class Node:
             port=node.port,
             scp_processes=self.processes,
             tls=self.settings.security.tls_cert is not None,
+            queue="celery" if broker else f"embedded x{self.settings.queue.embedded_workers}",
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -119,7 +136,15 @@ class Node:
                     log.error("scp_process_died", pid=child.pid, exitcode=child.exitcode)
                     index.close_orphaned_associations(pid=child.pid)
                     self._children[i] = self._spawn()
+            if embedded is not None:
+                try:
+                    embedded.supervise()
+                except Exception:
+                    log.exception("supervise_failed")
         sweeper.stop()
+        dispatcher.stop()
+        if embedded is not None:
+            embedded.stop()
         for child in self._children:
             child.terminate()
         for child in self._children:

@@ -13,7 +13,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -134,7 +142,35 @@ class JobSettings(_Section):
     """Attempts and leases of inference jobs (the database is the queue of record)."""
 
     max_attempts: int = Field(default=3, ge=1, description="then FAILED, not requeued forever")
-    lease_s: float = Field(default=900.0, gt=0, description="a RUNNING job must heartbeat within")
+    lease_s: float = Field(default=120.0, gt=0, description="a RUNNING job must heartbeat within")
+    soft_time_limit_s: float = Field(default=900.0, gt=0, description="then the job FAILS")
+    hard_time_limit_s: float = Field(default=960.0, gt=0, description="then the worker is killed")
+
+    @model_validator(mode="after")
+    def _hard_above_soft(self) -> JobSettings:
+        if self.hard_time_limit_s <= self.soft_time_limit_s:
+            raise ValueError("hard_time_limit_s must be above soft_time_limit_s")
+        return self
+
+
+class QueueSettings(_Section):
+    """How job ids reach workers. No broker = embedded: the node runs jobs in child processes."""
+
+    broker_url: SecretStr | None = Field(
+        default=None, description="redis://host:6379/0; empty = embedded"
+    )
+    embedded_workers: int = Field(default=1, ge=0, description="child processes when embedded")
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    unclaimed_after_s: float = Field(default=60.0, gt=0, description="re-enqueue jobs not claimed")
+    visibility_timeout_s: float = Field(default=7200.0, gt=0, description="above the hard limit")
+
+
+class ModelSettings(_Section):
+    """Where model plug-ins live (``<root>/<name>/manifest.toml``) and where they run."""
+
+    root: Path = Path("models")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    results_root: Path | None = Field(default=None, description="default: <storage.root>/results")
 
 
 class LoggingSettings(_Section):
@@ -161,7 +197,22 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
     jobs: JobSettings = JobSettings()
+    queue: QueueSettings = QueueSettings()
+    models: ModelSettings = ModelSettings()
     rules: tuple[RuleSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _visibility_above_limits(self) -> Settings:
+        if self.queue.visibility_timeout_s <= self.jobs.hard_time_limit_s:
+            raise ValueError(
+                "queue.visibility_timeout_s must be above jobs.hard_time_limit_s, or Redis "
+                "redelivers a running task to a second worker (PITFALLS 23)"
+            )
+        return self
+
+    @property
+    def results_root(self) -> Path:
+        return self.models.results_root or self.storage.root / "results"
 
     @classmethod
     def settings_customise_sources(
@@ -210,6 +261,8 @@ def masked(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     url = settings.database.url.get_secret_value()
     data["database"]["url"] = _mask_url(url)
+    if settings.queue.broker_url is not None:
+        data["queue"]["broker_url"] = _mask_url(settings.queue.broker_url.get_secret_value())
     return data
 
 

@@ -21,6 +21,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
 app.add_typer(db_app, name="db")
 app.add_typer(rules_app, name="rules")
+models_app = typer.Typer(no_args_is_help=True, help="Model plug-ins ([models] root).")
+app.add_typer(models_app, name="models")
 
 ConfigOption = Annotated[
     Path | None,
@@ -165,6 +167,65 @@ def rules_test(uid: str, as_json: JsonOption = False, config: ConfigOption = Non
             typer.echo(f"  + {uid_}  {f.modality} {f.instances} inst {f.series_description or ''}")
         for uid_, why in o.reasons.items():
             typer.echo(f"  - {uid_}  {why}")
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="gpu, io or both: gpu,io")] = "gpu",
+    concurrency: Annotated[
+        int, typer.Option("-c", "--concurrency", help="pool processes (one per GPU)")
+    ] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Run a Celery worker against [queue] broker_url (Redis). Pool: prefork with spawned
+    children, so CUDA is only ever initialised in a process that was not forked."""
+    import os  # noqa: PLC0415
+
+    settings = _settings(config)
+    if settings.queue.broker_url is None:
+        typer.echo(
+            "dicom-node: no [queue] broker_url: `serve` runs jobs itself (embedded)", err=True
+        )
+        raise typer.Exit(2)
+    if config is not None:  # the spawned pool children load the same settings
+        os.environ["DICOM_NODE_CONFIG"] = str(config.resolve())
+    from workers.celery_app import app as celery_app  # noqa: PLC0415
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--pool-start-method",
+            "spawn",
+            "--loglevel",
+            settings.logging.level,
+            "--hostname",
+            f"{queues.replace(',', '-')}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Model plug-ins under [models] root, with their manifest checked and weights verified."""
+    from dicom_node.admin.models import describe_models  # noqa: PLC0415
+
+    rows = describe_models(_settings(config).models.root)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            typer.echo(
+                f"{r['name']:<24} {r['version'] or '-':<10} {r['runner'] or '-':<14} {r['status']}"
+            )
+    raise typer.Exit(0 if all(r["status"] == "ok" for r in rows) else 1)
 
 
 @db_app.command("upgrade")

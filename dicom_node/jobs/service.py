@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, or_, select, update
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import Instance, Job, Series, utcnow
@@ -115,17 +115,19 @@ def transition_job(
     reason: str,
     actor: str = "system",
     values: dict[str, Any] | None = None,
+    worker: str | None = None,
 ) -> bool:
-    """Move one job; ``False`` if it was no longer ``current`` (someone else moved it)."""
+    """Move one job; ``False`` if it was no longer ``current`` (someone else moved it), or, with
+    ``worker``, no longer that worker's (its lease ran out and another took it)."""
     check_transition(JOB_TRANSITIONS, current, target)
     changes: dict[str, Any] = {"state": str(target), **(values or {})}
     if target in _STAMP:
         changes.setdefault(_STAMP[target], at)
+    condition = [Job.id == job_id, Job.state == str(current)]
+    if worker is not None:
+        condition.append(Job.worker == worker)
     row = conn.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == str(current))
-        .values(**changes)
-        .returning(Job.study_uid)
+        update(Job).where(*condition).values(**changes).returning(Job.study_uid)
     ).first()
     if row is None:
         return False
@@ -206,15 +208,18 @@ def heartbeat(engine: Engine, job_id: str, worker: str, settings: JobSettings) -
         return bool(result.rowcount)
 
 
-def give_back(engine: Engine, job_id: str, error: str, *, permanent: bool = False) -> JobState:
-    """A RUNNING job that could not finish: back to QUEUED while attempts remain, else FAILED."""
+def give_back(
+    engine: Engine, job_id: str, error: str, *, permanent: bool = False, worker: str | None = None
+) -> JobState | None:
+    """A RUNNING job that could not finish: back to QUEUED while attempts remain, else FAILED.
+    ``None`` when it was no longer RUNNING (for ``worker``): someone else already moved it."""
     now = utcnow()
     with engine.begin() as conn:
         job = conn.execute(select(Job.attempts, Job.max_attempts).where(Job.id == job_id)).one()
         exhausted = job.attempts >= job.max_attempts
         if permanent or exhausted:
             message = error if permanent else f"{error} (failed {job.attempts} attempts)"
-            transition_job(
+            moved = transition_job(
                 conn,
                 job_id,
                 JobState.RUNNING,
@@ -222,24 +227,31 @@ def give_back(engine: Engine, job_id: str, error: str, *, permanent: bool = Fals
                 at=now,
                 reason=message,
                 values={"error": message[:1024], "lease_expires_at": None},
+                worker=worker,
             )
-            return JobState.FAILED
-        transition_job(
+            return JobState.FAILED if moved else None
+        moved = transition_job(
             conn,
             job_id,
             JobState.RUNNING,
             JobState.QUEUED,
             at=now,
             reason=error,
-            values={"error": error[:1024], "worker": None, "lease_expires_at": None},
+            values={
+                "error": error[:1024],
+                "worker": None,
+                "lease_expires_at": None,
+                "queued_at": now,
+                "enqueued_at": None,
+            },
+            worker=worker,
         )
-        return JobState.QUEUED
+        return JobState.QUEUED if moved else None
 
 
-def reconcile(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
-    """Jobs to (re-)enqueue now: RUNNING past their lease (a killed worker) go back to QUEUED or
-    FAILED by their attempts; QUEUED jobs nobody claimed for ``unclaimed_after_s`` (a lost
-    broker message, a restarted node) are returned as they are."""
+def expire_leases(engine: Engine) -> list[str]:
+    """RUNNING jobs past their lease (a killed worker, a dead node) go back to QUEUED, or to
+    FAILED when their attempts are used up. Returns the ids requeued."""
     now = utcnow()
     with engine.connect() as conn:
         expired = list(
@@ -247,18 +259,56 @@ def reconcile(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
                 select(Job.id).where(Job.state == str(JobState.RUNNING), Job.lease_expires_at < now)
             ).scalars()
         )
-    requeued = [
+    return [
         job_id
         for job_id in expired
         if give_back(engine, job_id, "lease expired: the worker stopped answering")
         is JobState.QUEUED
     ]
+
+
+def due_for_enqueue(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
+    """QUEUED jobs to hand to the broker: never sent, or sent ``unclaimed_after_s`` ago and
+    still unclaimed (a lost broker message, a flushed Redis, a restarted node)."""
+    stale = utcnow() - timedelta(seconds=unclaimed_after_s)
     with engine.connect() as conn:
-        stale = now - timedelta(seconds=unclaimed_after_s)
-        return requeued + list(
+        return list(
             conn.execute(
                 select(Job.id)
-                .where(Job.state == str(JobState.QUEUED), Job.queued_at <= stale)
+                .where(
+                    Job.state == str(JobState.QUEUED),
+                    or_(Job.enqueued_at.is_(None), Job.enqueued_at <= stale),
+                )
                 .order_by(Job.priority, Job.queued_at)
+            ).scalars()
+        )
+
+
+def mark_enqueued(engine: Engine, job_ids: Sequence[str]) -> None:
+    if not job_ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.state == str(JobState.QUEUED))
+            .values(enqueued_at=utcnow())
+        )
+
+
+def reconcile(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
+    """One reconciler pass: expire leases, then return the jobs to (re-)enqueue."""
+    expire_leases(engine)
+    return due_for_enqueue(engine, unclaimed_after_s=unclaimed_after_s)
+
+
+def next_queued(engine: Engine) -> list[str]:
+    """QUEUED job ids in the order workers should take them (stat first, then oldest)."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(Job.id)
+                .where(Job.state == str(JobState.QUEUED))
+                .order_by(Job.priority, Job.queued_at)
+                .limit(16)
             ).scalars()
         )

@@ -106,8 +106,10 @@ class Sweeper(threading.Thread):
         policy: CompletionPolicy,
         interval_s: float,
         on_complete: OnComplete | None = None,
+        after_commit: Callable[[list[str]], object] | None = None,
     ) -> None:
         super().__init__(name="completion-sweeper", daemon=True)
+        self.after_commit = after_commit
         self.engine = engine
         self.policy = policy
         self.on_complete = on_complete
@@ -117,7 +119,9 @@ class Sweeper(threading.Thread):
     def run(self) -> None:
         while not self.stopping.wait(self.interval_s):
             try:
-                sweep_once(self.engine, self.policy, self.on_complete)
+                completed = sweep_once(self.engine, self.policy, self.on_complete)
+                if completed and self.after_commit is not None:
+                    self.after_commit(completed)  # e.g. wake the dispatcher: jobs are committed
             except Exception:
                 log.exception("sweep_failed")
 

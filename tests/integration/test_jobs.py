@@ -150,9 +150,11 @@ def test_unclaimed_jobs_are_returned_for_reenqueue(jobs_node: RunningNode, ct_di
     study = philips_study(ct_dir)
     send_datasets(jobs_node.port, study)
     wait_for(lambda: jobs_of(jobs_node, study[0].StudyInstanceUID), 5, "jobs made")
+    ids = {j.id for j in jobs_of(jobs_node, study[0].StudyInstanceUID)}
+    assert set(service.reconcile(jobs_node.engine, unclaimed_after_s=3600)) == ids  # never sent
+    service.mark_enqueued(jobs_node.engine, list(ids))
     assert service.reconcile(jobs_node.engine, unclaimed_after_s=3600) == []
-    stale = service.reconcile(jobs_node.engine, unclaimed_after_s=0)
-    assert set(stale) == {j.id for j in jobs_of(jobs_node, study[0].StudyInstanceUID)}
+    assert set(service.reconcile(jobs_node.engine, unclaimed_after_s=0)) == ids  # sent, unclaimed
 
 
 def test_one_claim_wins_under_contention(jobs_node: RunningNode, ct_dir: Path) -> None:

@@ -1,0 +1,35 @@
+"""``dicom-node models list``: every plug-in's manifest parsed and its weights' sha256 checked,
+without importing torch (the node may run without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def describe_models(root: Path) -> list[dict[str, Any]]:
+    from workers.inference.manifest import MANIFEST, ModelError, load_manifest  # noqa: PLC0415
+    from workers.inference.manifest import sha256_of  # noqa: PLC0415
+
+    rows: list[dict[str, Any]] = []
+    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+    for folder in folders:
+        row: dict[str, Any] = {"name": folder.name, "version": None, "runner": None}
+        try:
+            manifest, _ = load_manifest(root, folder.name)
+            row.update(version=manifest.version, runner=manifest.runner.kind)
+            row["labels"] = [label.name for label in manifest.labels]
+            row["status"] = _weights_status(
+                folder, manifest.runner.weights, manifest.runner.sha256, sha256_of
+            )
+        except ModelError as exc:
+            row["status"] = str(exc)
+        rows.append(row)
+    return rows
+
+
+def _weights_status(folder: Path, weights: str, sha256: str, digest: Any) -> str:
+    path = folder / weights
+    if not path.is_file():
+        return f"weights missing: {weights}"
+    return "ok" if digest(path) == sha256 else f"weights fail the sha256 check ({weights})"

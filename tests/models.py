@@ -1,0 +1,112 @@
+"""Tiny real torch models with known weights, written as model plug-ins for the tests.
+
+``threshold``: one 1x1x1 convolution on the windowed intensity, background logit 0 and label
+logit ``GAIN * (x - t)``, where ``t`` is ``threshold_hu`` in window units. Softmax argmax is then
+exactly "HU > threshold_hu", which the tests compute independently from the DICOM pixel data.
+Each form the node supports is built: TorchScript, state_dict + architecture, MONAI bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WINDOW = (-1000.0, 1000.0)
+GAIN = 1000.0
+BONE_LABEL = """[[labels]]
+value = 1
+name = "bone"
+color = [241, 214, 145]
+category = { value = "85756007", scheme = "SCT", meaning = "Tissue" }
+type = { value = "272673000", scheme = "SCT", meaning = "Bone" }"""
+
+
+def threshold_conv(threshold_hu: float) -> torch.nn.Conv3d:
+    conv = torch.nn.Conv3d(1, 2, kernel_size=1)
+    t = (threshold_hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        conv.weight[1, 0, 0, 0, 0] = GAIN
+        conv.bias[1] = -GAIN * t
+    return conv
+
+
+def _toml_value(value: Any) -> str:
+    return json.dumps(value)  # TOML accepts JSON's strings, numbers and arrays
+
+
+def _write_manifest(folder: Path, name: str, runner: dict[str, Any], extra: str = "") -> None:
+    weights = folder / runner["weights"]
+    runner = {**runner, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    lines = [
+        f'name = "{name}"',
+        'version = "1.0.0"',
+        'description = "test: HU threshold by one fixed convolution"',
+        'outputs = ["seg", "measurements"]',
+        "[runner]",
+        *(f"{k} = {_toml_value(v)}" for k, v in runner.items() if k != "architecture_args"),
+    ]
+    if "architecture_args" in runner:
+        args = ", ".join(f"{k} = {_toml_value(v)}" for k, v in runner["architecture_args"].items())
+        lines.append(f"architecture_args = {{ {args} }}")
+    lines += [
+        "[preprocessing]",
+        'intensity = "window"',
+        f"window = {list(WINDOW)}",
+        extra,
+        BONE_LABEL,
+    ]
+    (folder / "manifest.toml").write_text("\n".join(lines) + "\n")
+
+
+def build_model(
+    root: Path, name: str, kind: str, *, threshold_hu: float = 300.5, extra: str = ""
+) -> Path:
+    """Write model plug-in ``root/name`` in form ``kind``; returns its folder."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    conv = threshold_conv(threshold_hu)
+    conv_args = {"in_channels": 1, "out_channels": 2, "kernel_size": 1}
+    if kind == "torchscript":
+        with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; bundles still use it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(torch.jit.script(conv), str(folder / "model.ts"))
+        runner: dict[str, Any] = {"kind": "torchscript", "weights": "model.ts"}
+    elif kind == "state_dict":
+        torch.save(conv.state_dict(), folder / "model.pt")
+        runner = {
+            "kind": "state_dict",
+            "weights": "model.pt",
+            "architecture": "torch.nn:Conv3d",
+            "architecture_args": conv_args,
+        }
+    elif kind == "monai_bundle":
+        (folder / "configs").mkdir(exist_ok=True)
+        (folder / "models").mkdir(exist_ok=True)
+        torch.save(conv.state_dict(), folder / "models" / "model.pt")
+        metadata = {
+            "version": "1.0.0",
+            "name": name,
+            "network_data_format": {
+                "inputs": {
+                    "image": {"type": "image", "num_channels": 1, "spatial_shape": ["*"] * 3}
+                },
+                "outputs": {
+                    "pred": {"type": "image", "num_channels": 2, "spatial_shape": ["*"] * 3}
+                },
+            },
+        }
+        (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=1))
+        inference = {"network_def": {"_target_": "torch.nn.Conv3d", **conv_args}}
+        (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=1))
+        runner = {"kind": "monai_bundle", "weights": "models/model.pt"}
+    else:
+        raise ValueError(kind)
+    _write_manifest(folder, name, runner, extra)
+    return folder

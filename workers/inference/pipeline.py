@@ -1,0 +1,204 @@
+"""One job's inference: series -> volume -> model grid -> forward -> labels on the source frames.
+
+Writes ``<results_root>/<job_id>/attempt-<n>/`` atomically (a temp folder renamed into place):
+``mask-<SeriesInstanceUID>.npz`` (labels per source frame, the frames' SOP Instance UIDs and frame
+numbers, the affine) and ``summary.json`` (per-label voxels, volume and mean intensity, timings,
+device, model version and weights digest). A re-run writes its own attempt folder; the job row
+names the one that reached RESULTS_READY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dicom_node.errors import Transient
+from workers.inference.grid import plan_grid, source_spacing, to_model_grid, to_source
+from workers.inference.manifest import Manifest
+from workers.inference.runners import LoadedModel, ModelCache
+from workers.inference.volume import Volume, load_series
+
+OOM_RETRIES = 3
+MIN_ROI = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesInput:
+    series_uid: str
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobInput:
+    job_id: str
+    attempt: int
+    model: str
+    series: tuple[SeriesInput, ...]
+
+
+def normalise(x: torch.Tensor, manifest: Manifest) -> torch.Tensor:
+    pre = manifest.preprocessing
+    if pre.intensity == "window":
+        assert pre.window is not None  # noqa: S101 - the manifest validator ensures it
+        low, high = pre.window
+        return (x.clamp(low, high) - low) / (high - low)
+    if pre.intensity == "zscore":
+        std = x.std()
+        return (x - x.mean()) / (std if float(std) > 0 else 1.0)
+    return x
+
+
+def _forward(
+    model: LoadedModel, x: torch.Tensor, roi: tuple[int, int, int] | None, batch: int
+) -> torch.Tensor:
+    inf = model.manifest.inference
+    amp = (
+        torch.autocast("cuda", dtype=torch.float16)
+        if inf.amp and model.device.type == "cuda"
+        else nullcontext()
+    )
+    with torch.inference_mode(), amp:
+        if roi is None:
+            logits = model.module(x)
+        else:
+            from monai.inferers import sliding_window_inference  # noqa: PLC0415
+
+            logits = sliding_window_inference(
+                x, roi, batch, model.module, overlap=inf.overlap, mode="gaussian"
+            )
+        logits = logits.float()
+        if inf.output == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+
+def infer(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    """Probabilities [1, C, d, h, w]. CUDA out of memory: retry with a smaller window and batch,
+    then give up as a Transient error (another worker, or a quieter GPU, may manage)."""
+    inf = model.manifest.inference
+    roi, batch = inf.roi_size, inf.sw_batch_size
+    for attempt in range(OOM_RETRIES + 1):
+        try:
+            return _forward(model, x, roi, batch)
+        except torch.OutOfMemoryError:
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if attempt == OOM_RETRIES:
+                break
+            if batch > 1:
+                batch //= 2
+            else:
+                shape = roi or tuple(x.shape[2:])
+                roi = (
+                    max(MIN_ROI, shape[0] // 2),
+                    max(MIN_ROI, shape[1] // 2),
+                    max(MIN_ROI, shape[2] // 2),
+                )
+    raise Transient(f"out of memory on {model.device} even with window {roi} and batch {batch}")
+
+
+def measure(volume: Volume, labels: np.ndarray, manifest: Manifest) -> list[dict[str, Any]]:
+    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    out = []
+    for label in manifest.labels:
+        inside = labels == label.value
+        voxels = int(inside.sum())
+        values = volume.array[inside]
+        out.append(
+            {
+                "value": label.value,
+                "name": label.name,
+                "voxels": voxels,
+                "volume_ml": voxels * voxel_ml,
+                "mean": float(values.mean()) if voxels else None,
+                "std": float(values.std()) if voxels else None,
+            }
+        )
+    return out
+
+
+def _fsync_write(path: Path, write: Callable[[Any], None]) -> None:
+    with path.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[str, Any]:
+    manifest = model.manifest
+    t0 = time.perf_counter()
+    volume = load_series(series.paths)
+    t1 = time.perf_counter()
+    grid = plan_grid(volume, manifest.preprocessing.target_spacing_mm)
+    x = normalise(to_model_grid(volume, grid, model.device), manifest)
+    t2 = time.perf_counter()
+    probs = infer(model, x)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    t3 = time.perf_counter()
+    sigmoid_label = manifest.labels[0].value if manifest.inference.output == "sigmoid" else None
+    labels = to_source(probs, grid, sigmoid_label=sigmoid_label)
+    t4 = time.perf_counter()
+    mask = out_dir / f"mask-{series.series_uid}.npz"
+    _fsync_write(
+        mask,
+        lambda f: np.savez_compressed(
+            f,
+            labels=labels,
+            affine=volume.affine,
+            sop_instance_uids=np.array([ref.sop_instance_uid for ref in volume.frames]),
+            frame_numbers=np.array([ref.frame_number or 0 for ref in volume.frames]),
+        ),
+    )
+    return {
+        "series_uid": series.series_uid,
+        "mask": mask.name,
+        "frames": len(volume.frames),
+        "source_shape": list(grid.source_shape),
+        "model_shape": list(grid.shape),
+        "source_spacing_mm": list(source_spacing(volume)),
+        "model_spacing_mm": list(grid.spacing_mm),
+        "tilt_deg": volume.tilt_deg,
+        "uniform": volume.uniform,
+        "labels": measure(volume, labels, manifest),
+        "timings_s": {
+            "load": t1 - t0,
+            "preprocess": t2 - t1,
+            "forward": t3 - t2,
+            "postprocess": t4 - t3,
+        },
+    }
+
+
+def run(job: JobInput, cache: ModelCache, results_root: Path) -> dict[str, Any]:
+    """Run the job's model on each chosen series; returns the summary stored on the job row."""
+    model = cache.get(job.model)
+    job_dir = results_root / job.job_id
+    final = job_dir / f"attempt-{job.attempt}"
+    temp = job_dir / f".attempt-{job.attempt}.tmp"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    series = [run_series(model, s, temp) for s in job.series]
+    summary = {
+        "model": model.manifest.name,
+        "version": model.manifest.version,
+        "weights_sha256": model.sha256,
+        "device": str(model.device),
+        "attempt": job.attempt,
+        "path": str(final),
+        "series": series,
+    }
+    _fsync_write(temp / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    shutil.rmtree(final, ignore_errors=True)
+    temp.rename(final)
+    return summary

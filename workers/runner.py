@@ -1,0 +1,161 @@
+"""Run one job by id: claim it, keep its lease alive, run the pipeline, record the outcome.
+
+The same function serves a Celery task (``workers.celery_app``) and an embedded worker process
+(``dicom_node.jobs.embedded``). It is idempotent: a job that is not QUEUED (already running
+elsewhere, done, cancelled) is left alone, so a redelivered broker message or a reconciler
+re-send never runs a job twice at once, and only the worker holding the lease can finish it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from dicom_node.db.models import Instance, Job, Series, utcnow
+from dicom_node.db.session import make_engine
+from dicom_node.domain import JobState
+from dicom_node.errors import Permanent, Transient
+from dicom_node.jobs.service import claim, give_back, heartbeat, transition_job
+from dicom_node.logs import get_logger
+from dicom_node.settings import Settings
+from workers.inference.pipeline import JobInput, SeriesInput, run
+from workers.inference.runners import ModelCache
+
+log = get_logger(__name__)
+
+
+class JobTimeLimitError(Permanent):
+    """The job ran past its soft time limit."""
+
+
+def worker_name(kind: str) -> str:
+    return f"{kind}-{os.getpid()}@{socket.gethostname()}"[:128]
+
+
+class WorkerContext:
+    """What a worker process keeps between jobs: one engine and the warm models."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = make_engine(settings.database.url.get_secret_value())
+        self.models = ModelCache(settings.models.root, settings.models.device)
+
+
+def job_input(engine: Engine, job_id: str, storage_root: Path) -> JobInput:
+    with engine.connect() as conn:
+        job = conn.execute(select(Job).where(Job.id == job_id)).one()
+        rows = conn.execute(
+            select(Series.series_uid, Instance.path)
+            .join(Instance, Instance.series_id == Series.id)
+            .where(Series.series_uid.in_(job.series_uids))
+        ).all()
+    by_series: dict[str, list[Path]] = {uid: [] for uid in job.series_uids}
+    for series_uid, path in rows:
+        by_series[series_uid].append(storage_root / path)
+    missing = [uid for uid, paths in by_series.items() if not paths]
+    if missing:
+        raise Permanent(f"series {missing[0]} has no stored instances")
+    series = tuple(SeriesInput(uid, tuple(sorted(paths))) for uid, paths in by_series.items())
+    return JobInput(job_id, job.attempts, job.model, series)
+
+
+class Heartbeat(threading.Thread):
+    """Extends the lease every third of it while the job runs."""
+
+    def __init__(self, ctx: WorkerContext, job_id: str, worker: str) -> None:
+        super().__init__(name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self.ctx, self.job_id, self.worker = ctx, job_id, worker
+        self.done = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        jobs = self.ctx.settings.jobs
+        while not self.done.wait(jobs.lease_s / 3):
+            try:
+                if not heartbeat(self.ctx.engine, self.job_id, self.worker, jobs):
+                    self.lost = True
+                    log.warning("job_lease_lost", job_id=self.job_id, worker=self.worker)
+                    return
+            except Exception:
+                log.exception("heartbeat_failed", job_id=self.job_id)
+
+    def __enter__(self) -> Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(
+        self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        self.done.set()
+        self.join()
+
+
+def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
+    """Claim and run ``job_id``. Returns the state it left the job in, ``None`` if not claimed."""
+    settings = ctx.settings
+    if not claim(ctx.engine, job_id, worker, settings.jobs):
+        log.info("job_not_claimed", job_id=job_id, worker=worker)
+        return None
+    log.info("job_started", job_id=job_id, worker=worker)
+    with Heartbeat(ctx, job_id, worker):
+        try:
+            summary = run(
+                job_input(ctx.engine, job_id, settings.storage.root),
+                ctx.models,
+                settings.results_root,
+            )
+        except Transient as exc:
+            return _give_back(ctx, job_id, worker, f"transient: {exc}", permanent=False)
+        except Permanent as exc:
+            return _give_back(ctx, job_id, worker, str(exc), permanent=True)
+        except Exception as exc:
+            if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's, without importing it
+                message = f"exceeded the soft time limit of {settings.jobs.soft_time_limit_s:g} s"
+                return _give_back(ctx, job_id, worker, message, permanent=True)
+            log.exception("job_crashed", job_id=job_id)
+            return _give_back(
+                ctx, job_id, worker, f"{type(exc).__name__}: {exc}"[:500], permanent=False
+            )
+    return _results_ready(ctx, job_id, worker, summary)
+
+
+def _give_back(
+    ctx: WorkerContext, job_id: str, worker: str, error: str, *, permanent: bool
+) -> JobState | None:
+    state = give_back(ctx.engine, job_id, error, permanent=permanent, worker=worker)
+    log.warning("job_given_back", job_id=job_id, error=error, state=state and str(state))
+    return state
+
+
+def _results_ready(
+    ctx: WorkerContext, job_id: str, worker: str, summary: dict[str, Any]
+) -> JobState | None:
+    with ctx.engine.begin() as conn:
+        moved = transition_job(
+            conn,
+            job_id,
+            JobState.RUNNING,
+            JobState.RESULTS_READY,
+            at=utcnow(),
+            reason=f"inference done by {worker}",
+            values={"result": summary, "lease_expires_at": None, "error": None},
+            worker=worker,
+        )
+    if not moved:
+        log.warning("job_lost_before_results", job_id=job_id, worker=worker)
+        return None
+    timings = [s["timings_s"] for s in summary["series"]]
+    log.info(
+        "job_results_ready",
+        job_id=job_id,
+        model=summary["model"],
+        device=summary["device"],
+        forward_s=round(sum(t["forward"] for t in timings), 3),
+    )
+    return JobState.RESULTS_READY
