@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 from celery import Celery
+from celery.signals import worker_process_init
 
 from dicom_node.jobs.celery_config import RUN_JOB, make_celery
 from dicom_node.settings import load_settings
@@ -22,6 +23,14 @@ def _context() -> object:
     from workers.runner import WorkerContext  # noqa: PLC0415 - torch only in pool children
 
     return WorkerContext(load_settings())
+
+
+@worker_process_init.connect
+def _warm_up(**_: object) -> None:
+    """In each spawned pool child, before any task: import torch and the pipeline and open the
+    engine, so a task's time limit never lands inside an import (a half-imported module breaks
+    the child for good)."""
+    _context()
 
 
 def run_job(job_id: str) -> str | None:

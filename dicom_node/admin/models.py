@@ -8,8 +8,12 @@ from typing import Any
 
 
 def describe_models(root: Path) -> list[dict[str, Any]]:
-    from workers.inference.manifest import MANIFEST, ModelError, load_manifest  # noqa: PLC0415
-    from workers.inference.manifest import sha256_of  # noqa: PLC0415
+    from workers.inference.manifest import (  # noqa: PLC0415
+        MANIFEST,
+        ModelError,
+        load_manifest,
+        sha256_of,
+    )
 
     rows: list[dict[str, Any]] = []
     folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []

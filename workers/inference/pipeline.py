@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import sliding_window_inference
 
 from dicom_node.errors import Transient
 from workers.inference.grid import plan_grid, source_spacing, to_model_grid, to_source
@@ -71,8 +72,6 @@ def _forward(
         if roi is None:
             logits = model.module(x)
         else:
-            from monai.inferers import sliding_window_inference  # noqa: PLC0415
-
             logits = sliding_window_inference(
                 x, roi, batch, model.module, overlap=inf.overlap, mode="gaussian"
             )

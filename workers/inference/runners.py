@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.bundle import ConfigParser
 
 from workers.inference.manifest import Manifest, ModelError, load_manifest, sha256_of
 
@@ -94,8 +95,6 @@ def _bundle_module(manifest: Manifest, folder: Path, weights: Path) -> torch.nn.
         )
     if weights.suffix == ".ts":
         return _jit(weights)
-    from monai.bundle import ConfigParser  # noqa: PLC0415 - MONAI only for bundles
-
     parser = ConfigParser()
     parser.read_config(str(folder / "configs" / "inference.json"))
     parser["bundle_root"] = str(folder)

@@ -1,0 +1,383 @@
+"""The queue end to end with real processes: ``dicom-node serve``, real Redis, a real Celery worker
+(``dicom-node worker -Q gpu``), and the embedded mode with no broker at all.
+
+Each scenario receives the tilted Philips CT over DICOM, lets it complete, routes it to a tiny
+fixed-weight model and waits for RESULTS_READY; the mask is checked against an independent
+threshold of the pixel data. The fault scenarios kill things with SIGKILL mid-inference.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from sqlalchemy import Engine, select
+
+from dicom_node.db.models import AuditEvent, Job
+from dicom_node.db.session import make_engine
+from dicom_node.domain import JobState
+from tests.helpers import free_port, send_datasets, wait_for
+from tests.integration.test_inference import expected_masks
+from tests.models import build_model
+from tests.peers import NodeProcess, write_node_config
+
+# A model that takes seconds on this CPU (about 20,000 sliding windows), to be killed mid-run.
+SLOW = "[inference]\nroi_size = [8, 64, 64]\noverlap = 0.75"
+
+
+class RedisProcess:
+    """A private redis-server (no persistence, like a broker that lost its memory on restart)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._pong, 10, "redis up")
+
+    def _pong(self) -> bool:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() == "PONG"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class WorkerProcess:
+    """``dicom-node worker -Q gpu`` as its own process group."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dicom_node",
+                    "worker",
+                    "-Q",
+                    "gpu",
+                    "--config",
+                    str(self.config),
+                ],
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class Scenario:
+    def __init__(
+        self,
+        tmp: Path,
+        ct_dir: Path,
+        *,
+        broker: str | None,
+        model_extra: str = "",
+        jobs: str = "",
+        model: str = "threshold",
+    ) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        build_model(tmp / "models", "threshold", "torchscript", extra=model_extra)
+        queue = f'broker_url = "{broker}"\n' if broker else ""
+        extra = f"""
+[completion]
+quiet_period_s = 3.0
+settle_s = 0.5
+sweep_interval_s = 0.2
+[jobs]
+lease_s = 3.0
+{jobs}
+[queue]
+{queue}reconcile_interval_s = 0.5
+unclaimed_after_s = 4.0
+[models]
+root = "{tmp / "models"}"
+device = "cpu"
+[[rules]]
+name = "ct"
+models = ["{model}"]
+[rules.match]
+modality = ["CT"]
+"""
+        self.config = write_node_config(tmp / "node.toml", port=self.port, workdir=tmp, extra=extra)
+        self.node = NodeProcess(self.config, tmp / "node.log")
+        self.engine: Engine = make_engine(f"sqlite:///{tmp / 'index.db'}")
+        self.files = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")
+        self.workers: list[WorkerProcess] = []
+        self.copies: dict[str, str] = {}  # SOP Instance UID of a re-sent copy -> the original
+
+    def worker(self) -> WorkerProcess:
+        w = WorkerProcess(self.config, self.tmp / f"worker{len(self.workers)}.log")
+        w.start()
+        self.workers.append(w)
+        return w
+
+    def send(self, study_uid: str | None = None) -> str:
+        datasets = [dcmread(p) for p in self.files]
+        if study_uid:  # the same pixels as another study (the node sees new instances)
+            from pydicom.uid import generate_uid  # noqa: PLC0415
+
+            series = generate_uid()
+            for ds in datasets:
+                ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series
+                original = ds.SOPInstanceUID
+                ds.SOPInstanceUID = generate_uid()
+                self.copies[ds.SOPInstanceUID] = original
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        wait_for(lambda: _listening(self.port), 20, "node listening")
+        assert set(send_datasets(self.port, datasets)) == {0}
+        return str(datasets[0].StudyInstanceUID)
+
+    def job(self, study_uid: str) -> Job | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Job).where(Job.study_uid == study_uid)).first()  # type: ignore[return-value]
+
+    def wait_state(self, study_uid: str, state: JobState, timeout: float) -> Job:
+        wait_for(
+            lambda: (j := self.job(study_uid)) is not None and j.state == str(state),
+            timeout,
+            f"job {state}; node log tail: {self.log_tail()}",
+        )
+        job = self.job(study_uid)
+        assert job is not None
+        return job
+
+    def events(self, job_id: str) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(AuditEvent.event_type)
+                    .where(AuditEvent.entity_id == job_id)
+                    .order_by(AuditEvent.id)
+                ).scalars()
+            )
+
+    def log_tail(self) -> str:
+        logs = [self.tmp / "node.log", *(w.log for w in self.workers)]
+        return " | ".join(p.read_text()[-1500:] for p in logs if p.exists())
+
+    def check_mask(self, job: Job) -> None:
+        assert job.result is not None
+        [series] = job.result["series"]
+        saved = np.load(Path(job.result["path"]) / series["mask"])
+        expected = expected_masks(self.files)
+        uids = [self.copies.get(str(uid), str(uid)) for uid in saved["sop_instance_uids"]]
+        want = np.stack([expected[uid] for uid in uids])
+        np.testing.assert_array_equal(saved["labels"], want)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.stop()
+        if self.node.proc is not None and self.node.proc.poll() is None:
+            self.node.stop()
+        self.engine.dispose()
+
+
+def _listening(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisProcess]:
+    server = RedisProcess(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def scenarios() -> Iterator[list[Scenario]]:
+    made: list[Scenario] = []
+    yield made
+    for s in made:
+        s.close()
+
+
+@pytest.mark.parametrize("mode", ["embedded", "celery"])
+def test_study_is_received_completed_routed_and_inferred(
+    mode: str,
+    tmp_path: Path,
+    ct_dir: Path,
+    request: pytest.FixtureRequest,
+    scenarios: list[Scenario],
+) -> None:
+    broker = request.getfixturevalue("redis").url if mode == "celery" else None
+    s = Scenario(tmp_path, ct_dir, broker=broker)
+    scenarios.append(s)
+    s.node.start()
+    if broker:
+        s.worker()
+    uid = s.send()
+    job = s.wait_state(uid, JobState.RESULTS_READY, 90)
+    s.check_mask(job)
+    assert job.attempts == 1
+    assert job.worker is not None
+    assert job.worker.startswith("celery-" if broker else "embedded-")
+    assert s.events(job.id) == ["job.queued", "job.running", "job.results_ready"]
+
+
+def test_worker_killed_mid_inference_job_reruns_and_completes_once(
+    tmp_path: Path, ct_dir: Path, redis: RedisProcess, scenarios: list[Scenario]
+) -> None:
+    s = Scenario(tmp_path, ct_dir, broker=redis.url, model_extra=SLOW)
+    scenarios.append(s)
+    s.node.start()
+    first = s.worker()
+    uid = s.send()
+    running = s.wait_state(uid, JobState.RUNNING, 60)
+    time.sleep(1.0)  # inside the forward pass
+    first.kill9()
+    killed_at = time.monotonic()
+    s.worker()
+    job = s.wait_state(uid, JobState.RESULTS_READY, 120)
+    recovered_s = time.monotonic() - killed_at
+    s.check_mask(job)
+    assert job.attempts == 2
+    assert job.worker != running.worker
+    events = s.events(job.id)
+    assert events == [
+        "job.queued",
+        "job.running",
+        "job.requeued",
+        "job.running",
+        "job.results_ready",
+    ]
+    print(f"worker kill -9: recovered in {recovered_s:.1f} s")
+
+
+def test_redis_stopped_with_jobs_queued_loses_nothing(
+    tmp_path: Path, ct_dir: Path, redis: RedisProcess, scenarios: list[Scenario]
+) -> None:
+    s = Scenario(tmp_path, ct_dir, broker=redis.url)
+    scenarios.append(s)
+    s.node.start()
+    first = s.send()  # no worker yet: the job is published and waits in Redis
+    wait_for(lambda: (j := s.job(first)) is not None and j.enqueued_at is not None, 30, "enqueued")
+    redis.stop()  # Redis keeps nothing on disk: the message is gone
+    second = s.send("1.2.826.0.1.3680043.8.498.424242")  # made while the broker is down
+    s.wait_state(second, JobState.QUEUED, 30)
+    time.sleep(2)
+    assert "broker_unavailable" in (tmp_path / "node.log").read_text()
+    redis.start()
+    s.worker()
+    for uid in (first, second):
+        job = s.wait_state(uid, JobState.RESULTS_READY, 90)
+        s.check_mask(job)
+        assert s.events(job.id).count("job.results_ready") == 1
+
+
+def test_node_killed_while_jobs_run_is_recovered(
+    tmp_path: Path, ct_dir: Path, scenarios: list[Scenario]
+) -> None:
+    s = Scenario(tmp_path, ct_dir, broker=None, model_extra=SLOW)
+    scenarios.append(s)
+    s.node.start()
+    uid = s.send()
+    s.wait_state(uid, JobState.RUNNING, 60)
+    time.sleep(1.0)
+    s.node.kill9()  # the node and its embedded worker, mid-inference
+    job = s.job(uid)
+    assert job is not None
+    assert job.state == str(JobState.RUNNING)  # orphaned until the node comes back
+    restarted_at = time.monotonic()
+    s.node.start()
+    job = s.wait_state(uid, JobState.RESULTS_READY, 120)
+    recovered_s = time.monotonic() - restarted_at
+    s.check_mask(job)
+    assert job.attempts == 2
+    assert s.events(job.id) == [
+        "job.queued",
+        "job.running",
+        "job.requeued",
+        "job.running",
+        "job.results_ready",
+    ]
+    print(f"node kill -9: recovered {recovered_s:.1f} s after restart")
+
+
+@pytest.mark.parametrize("mode", ["embedded", "celery"])
+def test_a_job_past_its_soft_time_limit_fails_with_a_message(
+    mode: str,
+    tmp_path: Path,
+    ct_dir: Path,
+    request: pytest.FixtureRequest,
+    scenarios: list[Scenario],
+) -> None:
+    broker = request.getfixturevalue("redis").url if mode == "celery" else None
+    limits = "soft_time_limit_s = 1.5\nhard_time_limit_s = 30.0"
+    s = Scenario(tmp_path, ct_dir, broker=broker, model_extra=SLOW, jobs=limits)
+    scenarios.append(s)
+    s.node.start()
+    if broker:
+        s.worker()
+    uid = s.send()
+    job = s.wait_state(uid, JobState.FAILED, 90)
+    assert job.error == "exceeded the soft time limit of 1.5 s"
+    assert job.attempts == 1  # a timeout is permanent: retrying the same input will not help
+    assert s.events(job.id) == ["job.queued", "job.running", "job.failed"]
+
+
+def test_a_missing_model_fails_the_job_with_a_readable_error(
+    tmp_path: Path, ct_dir: Path, scenarios: list[Scenario]
+) -> None:
+    s = Scenario(tmp_path, ct_dir, broker=None, model="not-installed")
+    scenarios.append(s)
+    s.node.start()
+    job = s.wait_state(s.send(), JobState.FAILED, 60)
+    assert job.error is not None
+    assert job.error.startswith("model 'not-installed': no manifest.toml in ")
+    assert job.attempts == 1
