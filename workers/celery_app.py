@@ -25,7 +25,6 @@ def _context() -> object:
     return WorkerContext(load_settings())
 
 
-@worker_process_init.connect
 def _warm_up(**_: object) -> None:
     """In each spawned pool child, before any task: import torch and the pipeline and open the
     engine, so a task's time limit never lands inside an import (a half-imported module breaks
@@ -44,6 +43,7 @@ def run_job(job_id: str) -> str | None:
 
 
 def build_app() -> Celery:
+    worker_process_init.connect(_warm_up, weak=False)
     app = make_celery(load_settings())
     app.task(name=RUN_JOB)(run_job)
     return app
