@@ -110,3 +110,20 @@ def build_model(
         raise ValueError(kind)
     _write_manifest(folder, name, runner, extra)
     return folder
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """The threshold convolution, except that a window larger than ``max_voxels`` raises
+    ``torch.OutOfMemoryError`` as CUDA would: the seam for the OOM retry path on a CPU."""
+
+    def __init__(self, max_voxels: int, threshold_hu: float = 300.5) -> None:
+        super().__init__()
+        self.max_voxels = max_voxels
+        self.conv = threshold_conv(threshold_hu)
+        self.calls: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(tuple(x.shape))
+        if x[0, 0].numel() * x.shape[0] > self.max_voxels:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return self.conv(x)  # type: ignore[no-any-return]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydicom import dcmread
 
-from tests.models import build_model
+from tests.models import build_model, threshold_conv
 from workers.inference.manifest import ModelError
 from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
@@ -129,3 +130,30 @@ def test_corrupted_weights_are_refused_at_load(testdata: Path, tmp_path: Path) -
 def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"no manifest\.toml"):
         ModelCache(tmp_path, "cpu").get("nope")
+
+
+def test_out_of_memory_retries_with_a_smaller_window_then_gives_up_as_transient(
+    testdata: Path, tmp_path: Path
+) -> None:
+    from dicom_node.errors import Transient  # noqa: PLC0415
+    from tests.models import OutOfMemoryAbove  # noqa: PLC0415
+    from workers.inference.pipeline import infer  # noqa: PLC0415
+    from workers.inference.runners import LoadedModel  # noqa: PLC0415
+
+    build_model(
+        tmp_path,
+        "oom",
+        "torchscript",
+        extra="[inference]\nroi_size = [32, 256, 256]\nsw_batch_size = 2",
+    )
+    manifest = ModelCache(tmp_path, "cpu").get("oom").manifest
+    x = torch.rand(1, 1, 64, 256, 256) * 0.3 + 0.6
+    fits = OutOfMemoryAbove(max_voxels=16 * 128 * 128)
+    probs = infer(LoadedModel(manifest, fits, torch.device("cpu"), "-"), x)
+    # batch 2 -> 1, then the window halves until it fits; the result is the same convolution
+    assert fits.calls[0][0] == 2 and fits.calls[-1][2:] == (16, 128, 128)
+    expected = torch.softmax(threshold_conv(300.5)(x), dim=1)
+    torch.testing.assert_close(probs, expected, atol=1e-4, rtol=0)
+    never = OutOfMemoryAbove(max_voxels=1)
+    with pytest.raises(Transient, match="out of memory on cpu even with window"):
+        infer(LoadedModel(manifest, never, torch.device("cpu"), "-"), x)

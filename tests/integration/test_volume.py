@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from workers.inference.decode import DecodeError
 from workers.inference.volume import (
@@ -155,3 +156,82 @@ def test_non_uniform_spacing_is_resampled(testdata: Path) -> None:
     assert np.allclose(np.diff(even.positions_mm), 5.2)
     # Linear along the slice axis: at 15.6 mm the value is between slices 2 (10 mm) and 3 (16 mm)
     assert even.array[3, 0, 0] == pytest.approx(2 + (15.6 - 10) / 6, abs=1e-5)
+
+
+def _frame_geometry(ds: Dataset, frame: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ImagePositionPatient, ImageOrientationPatient, PixelSpacing) of one frame, read the way
+    the standard places them: top level for single-frame, functional groups for multi-frame."""
+    if frame is None:
+        src_pos = src_ori = src_px = ds
+    else:
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        per = ds.PerFrameFunctionalGroupsSequence[frame - 1]
+
+        def pick(keyword: str) -> Dataset:
+            return (per.get(keyword) or shared.get(keyword))[0]
+
+        src_pos = pick("PlanePositionSequence")
+        src_ori = pick("PlaneOrientationSequence")
+        src_px = pick("PixelMeasuresSequence")
+    return (
+        np.array([float(v) for v in src_pos.ImagePositionPatient]),
+        np.array([float(v) for v in src_ori.ImageOrientationPatient]),
+        np.array([float(v) for v in src_px.PixelSpacing]),
+    )
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        TILTED,
+        SAGITTAL,
+        SAGITTAL_RLE,
+        "pydicom-data/eCT_Supplemental.dcm",  # Enhanced CT
+        "dcmqi/data/segmentations/23x38x3/multiframe/mf.dcm",  # Legacy Converted Enhanced CT
+    ],
+)
+def test_affine_puts_every_corner_voxel_where_the_dicom_geometry_says(
+    testdata: Path, files: str
+) -> None:
+    path = testdata / files
+    paths = [p for p in path.iterdir() if p.name != "DIRFILE"] if path.is_dir() else [path]
+    vol = load_series(paths)
+    datasets = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in paths)}
+    n, rows, cols = vol.array.shape
+    dx = float(np.linalg.norm(vol.affine[:3, 0]))
+    dy = float(np.linalg.norm(vol.affine[:3, 1]))
+    for k, ref in enumerate(vol.frames):
+        ipp, iop, spacing = _frame_geometry(datasets[ref.sop_instance_uid], ref.frame_number)
+        row_dir, col_dir = iop[:3], iop[3:]
+        assert (dy, dx) == pytest.approx((spacing[0], spacing[1]), abs=1e-6)
+        corners = {
+            (0, 0): ipp,
+            (cols - 1, 0): ipp + (cols - 1) * spacing[1] * row_dir,
+            (0, rows - 1): ipp + (rows - 1) * spacing[0] * col_dir,
+            (cols - 1, rows - 1): ipp
+            + (cols - 1) * spacing[1] * row_dir
+            + (rows - 1) * spacing[0] * col_dir,
+        }
+        for (c, r), expected in corners.items():
+            np.testing.assert_allclose(vol.patient_point(c, r, k), expected, atol=1e-3)
+    if n > 1:  # the slice spacing along the normal is the gap between the frames' positions
+        normal = vol.normal
+        along = sorted(
+            float(_frame_geometry(datasets[f.sop_instance_uid], f.frame_number)[0] @ normal)
+            for f in vol.frames
+        )
+        assert float(vol.affine[:3, 2] @ normal) == pytest.approx(
+            (along[-1] - along[0]) / (n - 1), abs=1e-4
+        )
+
+
+@pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_RLE.dcm"])
+def test_enhanced_mr_without_functional_groups_is_refused_not_guessed(
+    testdata: Path, name: str
+) -> None:
+    """pydicom's small Enhanced MR samples carry pixels but no plane position/orientation at all:
+    any volume would be a guess, so the job gets a permanent error that says so."""
+    path = testdata / "pydicom-data" / name
+    assert dcmread(path).pixel_array.shape == (10, 64, 64)  # it decodes; geometry is the problem
+    with pytest.raises(VolumeError, match="without per-frame functional groups: no geometry"):
+        load_series([path])
