@@ -100,12 +100,40 @@ JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset(
         {JobState.RESULTS_READY, JobState.QUEUED, JobState.FAILED, JobState.CANCELLED}
     ),
-    JobState.RESULTS_READY: frozenset({JobState.EXPORTING, JobState.FAILED}),
+    # RESULTS_READY -> DONE: no destination to send to; the objects stay in the results folder
+    JobState.RESULTS_READY: frozenset({JobState.EXPORTING, JobState.DONE, JobState.FAILED}),
     JobState.EXPORTING: frozenset({JobState.DONE, JobState.FAILED}),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset({JobState.QUEUED}),  # an admin's retry
+    JobState.DONE: frozenset({JobState.EXPORTING}),  # an admin's resend
+    JobState.FAILED: frozenset({JobState.QUEUED, JobState.EXPORTING}),  # retry, or resend
     JobState.CANCELLED: frozenset({JobState.QUEUED}),  # an admin's retry
 }
+
+
+class ExportState(enum.StrEnum):
+    PENDING = "PENDING"
+    SENDING = "SENDING"
+    DELIVERED = "DELIVERED"
+    RETRY_WAIT = "RETRY_WAIT"
+    FAILED = "FAILED"
+
+
+EXPORT_TRANSITIONS: Mapping[ExportState, frozenset[ExportState]] = {
+    ExportState.PENDING: frozenset({ExportState.SENDING}),
+    ExportState.SENDING: frozenset(
+        {ExportState.DELIVERED, ExportState.RETRY_WAIT, ExportState.FAILED}
+    ),
+    ExportState.RETRY_WAIT: frozenset({ExportState.SENDING}),
+    ExportState.DELIVERED: frozenset({ExportState.PENDING}),  # an admin's resend
+    ExportState.FAILED: frozenset({ExportState.PENDING}),  # an admin's resend
+}
+EXPORT_FINAL = frozenset({ExportState.DELIVERED, ExportState.FAILED})
+
+
+class CircuitState(enum.StrEnum):
+    """A destination's circuit: OPEN pauses sending until a C-ECHO probe succeeds."""
+
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
 
 
 class AssociationEnd(enum.StrEnum):

@@ -7,7 +7,11 @@
    the same transaction, makes their jobs (``dicom_node.jobs``);
 4. dispatch: the reconciler (``dicom_node.jobs.dispatch``) expires leases and, with a broker,
    publishes committed QUEUED job ids to Celery; with none (embedded, the default), the node's
-   own worker processes (``dicom_node.jobs.embedded``) take QUEUED rows from the database.
+   own worker processes (``dicom_node.jobs.embedded``) take QUEUED rows from the database;
+5. infer and build results: a worker runs the model, builds SEG/SR (``workers.results``), and
+   makes the job RESULTS_READY together with its outbox rows;
+6. export: one sender per destination (``dicom_node.export``) C-STOREs the rows, with backoff
+   and a circuit, until each is DELIVERED or visibly FAILED.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from sqlalchemy import Connection, Engine
 
 from dicom_node.db.migrate import upgrade
 from dicom_node.db.session import make_engine
+from dicom_node.export.exporter import Exporter
 from dicom_node.jobs.dispatch import Dispatcher, celery_publisher
 from dicom_node.jobs.embedded import EmbeddedWorkers
 from dicom_node.jobs.service import create_jobs
@@ -116,6 +121,8 @@ class Node:
             after_commit=lambda _uids: dispatcher.wake(),
         )
         sweeper.start()
+        exporter = Exporter(prepared.engine, self.settings)
+        exporter.start()
         index = Index(prepared.engine)
         self._children = [self._spawn() for _ in range(self.processes)]
         node = self.settings.node
@@ -142,6 +149,7 @@ class Node:
                 except Exception:
                     log.exception("supervise_failed")
         sweeper.stop()
+        exporter.stop()
         dispatcher.stop()
         if embedded is not None:
             embedded.stop()

@@ -173,6 +173,64 @@ class ModelSettings(_Section):
     results_root: Path | None = Field(default=None, description="default: <storage.root>/results")
 
 
+class ProfileSettings(_Section):
+    """What a destination gets (``[profiles.<name>]``); ``default`` and ``legacy`` are built in."""
+
+    seg: bool = True
+    sr: bool = True
+    sr_class: Literal["comprehensive", "comprehensive3d"] = Field(
+        default="comprehensive", description="88.33; older Slicer and some PACS refuse 88.34"
+    )
+    omit_empty_frames: bool = Field(
+        default=False, description="smaller SEG; OHIF has misplaced such SEGs (PITFALLS 19)"
+    )
+    key_images: int = Field(
+        default=0, ge=0, le=20, description="Secondary Capture key images for PACS without SEG"
+    )
+
+    @model_validator(mode="after")
+    def _sr_needs_seg(self) -> ProfileSettings:
+        if self.sr and not self.seg:
+            raise ValueError("an SR references SEG segments: sr = true needs seg = true")
+        return self
+
+
+BUILTIN_PROFILES: dict[str, ProfileSettings] = {
+    "default": ProfileSettings(),
+    "legacy": ProfileSettings(key_images=3),
+}
+
+
+class DestinationSettings(_Section):
+    """One place results go (``[[destinations]]``): a PACS, a viewer's archive, a router."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae: AETitle | None = Field(default=None, description="default: node.ae_title")
+    profile: str = "default"
+    tls: bool = False
+    tls_ca: Path | None = Field(default=None, description="verify the PACS; none = system CAs")
+    tls_cert: Path | None = Field(default=None, description="client certificate, if required")
+    tls_key: Path | None = None
+    max_attempts: int = Field(default=10, ge=1, description="sends before the row is FAILED")
+    backoff_initial_s: float = Field(default=10.0, gt=0)
+    backoff_max_s: float = Field(default=900.0, gt=0)
+    circuit_failures: int = Field(default=3, ge=1, description="failed associations to open it")
+    circuit_probe_s: float = Field(default=30.0, gt=0, description="C-ECHO probe interval")
+    dimse_timeout_s: float = Field(default=300.0, gt=0, description="a large SEG takes a while")
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class ExportSettings(_Section):
+    """The export outbox: how the node sends results to ``[[destinations]]``."""
+
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    lease_s: float = Field(default=900.0, gt=0, description="a SENDING row older is retried")
+    jitter: float = Field(default=0.2, ge=0, lt=1, description="backoff x uniform(1-j, 1+j)")
+
+
 class LoggingSettings(_Section):
     """JSON logs on stderr; never patient names or IDs."""
 
@@ -199,7 +257,38 @@ class Settings(BaseSettings):
     jobs: JobSettings = JobSettings()
     queue: QueueSettings = QueueSettings()
     models: ModelSettings = ModelSettings()
+    export: ExportSettings = ExportSettings()
     rules: tuple[RuleSettings, ...] = ()
+    destinations: tuple[DestinationSettings, ...] = ()
+    profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError("destination names must be distinct")
+        for dest in self.destinations:
+            if dest.profile not in self.all_profiles:
+                raise ValueError(f"destination {dest.name!r}: no profile {dest.profile!r}")
+        for rule in self.rules:
+            for name in rule.destinations:
+                if name not in names:
+                    raise ValueError(f"rule {rule.name!r}: no destination {name!r}")
+        return self
+
+    @property
+    def all_profiles(self) -> dict[str, ProfileSettings]:
+        return {**BUILTIN_PROFILES, **self.profiles}
+
+    def destinations_for(self, rule: str) -> tuple[DestinationSettings, ...]:
+        """The rule's named destinations; a rule that names none sends to every one."""
+        named = next((r.destinations for r in self.rules if r.name == rule), ())
+        if not named:
+            return self.destinations
+        return tuple(d for d in self.destinations if d.name in named)
+
+    def destination(self, name: str) -> DestinationSettings | None:
+        return next((d for d in self.destinations if d.name == name), None)
 
     @model_validator(mode="after")
     def _visibility_above_limits(self) -> Settings:
@@ -272,6 +361,13 @@ def _mask_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+_TABLES = {
+    "rules": "[[rules]] routing rules are lists of tables",
+    "destinations": "[[destinations]] result destinations are lists of tables",
+    "profiles": "[profiles.<name>] destination profiles are tables",
+}
+
+
 def env_example() -> str:
     """``deploy/env.example``: every setting as a ``DICOM_NODE_*`` variable with its default."""
     lines = [
@@ -280,10 +376,8 @@ def env_example() -> str:
     ]
     defaults = Settings.model_construct()
     for section in Settings.model_fields:
-        if section == "rules":
-            lines.append(
-                "\n# [[rules]] routing rules are lists of tables: set them in the TOML file"
-            )
+        if section in _TABLES:
+            lines.append(f"\n# {_TABLES[section]}: set them in the TOML file")
             continue
         model = type(getattr(defaults, section))
         lines.append(f"\n# [{section}] {(model.__doc__ or '').strip().splitlines()[0]}")

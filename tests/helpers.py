@@ -17,9 +17,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from dicom_node.admin.queries import list_studies
+from dicom_node.db.models import AuditEvent
 from dicom_node.node import completion_policy, job_maker, prepare
 from dicom_node.receive.scp import Scp, build_scp
 from dicom_node.settings import Settings, load_settings
@@ -174,3 +175,15 @@ def fresh_series(template: Path, count: int, study_uid: str | None = None) -> li
 
 def unique_name() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def job_events(engine: Engine, entity_id: str) -> list[str]:
+    """Audit event types of one job (or export), oldest first."""
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(AuditEvent.event_type)
+                .where(AuditEvent.entity_id == entity_id)
+                .order_by(AuditEvent.id)
+            ).scalars()
+        )

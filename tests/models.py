@@ -3,6 +3,8 @@
 ``threshold``: one 1x1x1 convolution on the windowed intensity, background logit 0 and label
 logit ``GAIN * (x - t)``, where ``t`` is ``threshold_hu`` in window units. Softmax argmax is then
 exactly "HU > threshold_hu", which the tests compute independently from the DICOM pixel data.
+With several ascending thresholds, channel ``c`` has logit ``sum(GAIN * (x - t_j), j <= c)``,
+so the argmax is the number of thresholds below the value: one band (segment) per threshold.
 Each form the node supports is built: TorchScript, state_dict + architecture, MONAI bundle.
 """
 
@@ -14,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 WINDOW = (-1000.0, 1000.0)
@@ -26,22 +29,53 @@ category = { value = "85756007", scheme = "SCT", meaning = "Tissue" }
 type = { value = "272673000", scheme = "SCT", meaning = "Bone" }"""
 
 
-def threshold_conv(threshold_hu: float) -> torch.nn.Conv3d:
-    conv = torch.nn.Conv3d(1, 2, kernel_size=1)
-    t = (threshold_hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+EXTRA_LABELS = [
+    ("soft tissue", "85756007", "Tissue", "87784001", "Soft tissue", (188, 90, 80)),
+    ("fat", "85756007", "Tissue", "55603005", "Adipose tissue", (230, 220, 70)),
+    ("air", "91720002", "Body substance", "417244007", "Air", (70, 130, 230)),
+]
+
+
+def threshold_conv(*thresholds_hu: float) -> torch.nn.Conv3d:
+    conv = torch.nn.Conv3d(1, len(thresholds_hu) + 1, kernel_size=1)
     with torch.no_grad():
         conv.weight.zero_()
         conv.bias.zero_()
-        conv.weight[1, 0, 0, 0, 0] = GAIN
-        conv.bias[1] = -GAIN * t
+        total = 0.0
+        for c, hu in enumerate(thresholds_hu, start=1):
+            total += (hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
+            conv.weight[c, 0, 0, 0, 0] = GAIN * c
+            conv.bias[c] = -GAIN * total
     return conv
+
+
+def band_labels(hu: np.ndarray, thresholds_hu: tuple[float, ...]) -> np.ndarray:
+    """The expected label per voxel, independently: how many thresholds lie below it."""
+    return sum((hu > t).astype(np.uint8) for t in thresholds_hu)  # type: ignore[return-value]
+
+
+def labels_toml(count: int) -> str:
+    """``count`` labels: value 1 is bone when alone; with more, the bands from low to high."""
+    if count == 1:
+        return BONE_LABEL
+    out = []
+    for value, (name, cat, cat_m, typ, typ_m, color) in enumerate(EXTRA_LABELS[: count - 1], 1):
+        out.append(
+            f'[[labels]]\nvalue = {value}\nname = "{name}"\ncolor = {list(color)}\n'
+            f'category = {{ value = "{cat}", scheme = "SCT", meaning = "{cat_m}" }}\n'
+            f'type = {{ value = "{typ}", scheme = "SCT", meaning = "{typ_m}" }}'
+        )
+    out.append(BONE_LABEL.replace("value = 1", f"value = {count}", 1))
+    return "\n".join(out)
 
 
 def _toml_value(value: Any) -> str:
     return json.dumps(value)  # TOML accepts JSON's strings, numbers and arrays
 
 
-def _write_manifest(folder: Path, name: str, runner: dict[str, Any], extra: str = "") -> None:
+def _write_manifest(
+    folder: Path, name: str, runner: dict[str, Any], extra: str = "", labels: int = 1
+) -> None:
     weights = folder / runner["weights"]
     runner = {**runner, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
     lines = [
@@ -60,19 +94,26 @@ def _write_manifest(folder: Path, name: str, runner: dict[str, Any], extra: str 
         'intensity = "window"',
         f"window = {list(WINDOW)}",
         extra,
-        BONE_LABEL,
+        labels_toml(labels),
     ]
     (folder / "manifest.toml").write_text("\n".join(lines) + "\n")
 
 
 def build_model(
-    root: Path, name: str, kind: str, *, threshold_hu: float = 300.5, extra: str = ""
+    root: Path,
+    name: str,
+    kind: str,
+    *,
+    threshold_hu: float | tuple[float, ...] = 300.5,
+    extra: str = "",
 ) -> Path:
-    """Write model plug-in ``root/name`` in form ``kind``; returns its folder."""
+    """Write model plug-in ``root/name`` in form ``kind``; returns its folder. Several
+    thresholds make several labels (see the module docstring)."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
-    conv = threshold_conv(threshold_hu)
-    conv_args = {"in_channels": 1, "out_channels": 2, "kernel_size": 1}
+    thresholds = threshold_hu if isinstance(threshold_hu, tuple) else (threshold_hu,)
+    conv = threshold_conv(*thresholds)
+    conv_args = {"in_channels": 1, "out_channels": len(thresholds) + 1, "kernel_size": 1}
     if kind == "torchscript":
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; bundles still use it
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -98,7 +139,11 @@ def build_model(
                     "image": {"type": "image", "num_channels": 1, "spatial_shape": ["*"] * 3}
                 },
                 "outputs": {
-                    "pred": {"type": "image", "num_channels": 2, "spatial_shape": ["*"] * 3}
+                    "pred": {
+                        "type": "image",
+                        "num_channels": len(thresholds) + 1,
+                        "spatial_shape": ["*"] * 3,
+                    }
                 },
             },
         }
@@ -108,7 +153,7 @@ def build_model(
         runner = {"kind": "monai_bundle", "weights": "models/model.pt"}
     else:
         raise ValueError(kind)
-    _write_manifest(folder, name, runner, extra)
+    _write_manifest(folder, name, runner, extra, labels=len(thresholds))
     return folder
 
 

@@ -21,11 +21,13 @@ from dicom_node.db.models import Instance, Job, Series, utcnow
 from dicom_node.db.session import make_engine
 from dicom_node.domain import JobState
 from dicom_node.errors import Permanent, Transient
+from dicom_node.export.outbox import create_exports
 from dicom_node.jobs.service import claim, give_back, heartbeat, transition_job
 from dicom_node.logs import get_logger
 from dicom_node.settings import Settings
 from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
+from workers.results.build import build_results
 
 log = get_logger(__name__)
 
@@ -110,6 +112,7 @@ def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
                 ctx.models,
                 settings.results_root,
             )
+            summary["results"] = results(ctx, job_id, summary)
         except Transient as exc:
             return _give_back(ctx, job_id, worker, f"transient: {exc}", permanent=False)
         except Permanent as exc:
@@ -125,6 +128,64 @@ def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
     return _results_ready(ctx, job_id, worker, summary)
 
 
+def source_paths(engine: Engine, job_id: str, storage_root: Path) -> dict[str, Path]:
+    """SOP Instance UID -> stored file, for every instance of the job's series."""
+    with engine.connect() as conn:
+        series = conn.execute(select(Job.series_uids).where(Job.id == job_id)).scalar_one()
+        rows = conn.execute(
+            select(Instance.sop_instance_uid, Instance.path)
+            .join(Series, Series.id == Instance.series_id)
+            .where(Series.series_uid.in_(series))
+        ).all()
+    return {uid: storage_root / path for uid, path in rows}
+
+
+def previous_reports(engine: Engine, job_id: str) -> dict[str, list[Path]]:
+    """Per profile, the SR files of the latest earlier results of the same rule and model on the
+    same study: the documents the new SR replaces (``PredecessorDocumentsSequence``)."""
+    with engine.connect() as conn:
+        job = conn.execute(select(Job.study_uid, Job.rule, Job.model).where(Job.id == job_id)).one()
+        earlier = conn.execute(
+            select(Job.result)
+            .where(
+                Job.study_uid == job.study_uid,
+                Job.rule == job.rule,
+                Job.model == job.model,
+                Job.id != job_id,
+                Job.results_ready_at.is_not(None),
+                Job.state.in_(
+                    [str(s) for s in (JobState.RESULTS_READY, JobState.EXPORTING, JobState.DONE)]
+                ),
+            )
+            .order_by(Job.results_ready_at.desc())
+            .limit(1)
+        ).scalar()
+    objects = ((earlier or {}).get("results") or {}).get("objects") or {}
+    return {
+        profile: [Path(o["path"]) for o in items if o["kind"] == "sr" and Path(o["path"]).is_file()]
+        for profile, items in objects.items()
+    }
+
+
+def results(ctx: WorkerContext, job_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """Build and validate the SEG/SR/key images each of the job's destinations' profiles needs
+    (the default profile when there is no destination: the objects are kept for a later send)."""
+    settings = ctx.settings
+    with ctx.engine.connect() as conn:
+        rule = conn.execute(select(Job.rule).where(Job.id == job_id)).scalar_one()
+    profiles = settings.all_profiles
+    names = {d.profile for d in settings.destinations_for(rule)} or {"default"}
+    model = ctx.models.get(summary["model"])
+    return build_results(
+        summary,
+        model.manifest,
+        {name: profiles[name] for name in sorted(names)},
+        source_paths(ctx.engine, job_id, settings.storage.root),
+        at=utcnow(),
+        previous=previous_reports(ctx.engine, job_id),
+    )
+
+
 def _give_back(
     ctx: WorkerContext, job_id: str, worker: str, error: str, *, permanent: bool
 ) -> JobState | None:
@@ -136,17 +197,39 @@ def _give_back(
 def _results_ready(
     ctx: WorkerContext, job_id: str, worker: str, summary: dict[str, Any]
 ) -> JobState | None:
+    now = utcnow()
     with ctx.engine.begin() as conn:
         moved = transition_job(
             conn,
             job_id,
             JobState.RUNNING,
             JobState.RESULTS_READY,
-            at=utcnow(),
+            at=now,
             reason=f"inference done by {worker}",
             values={"result": summary, "lease_expires_at": None, "error": None},
             worker=worker,
         )
+        if moved:
+            study_uid, rule = conn.execute(
+                select(Job.study_uid, Job.rule).where(Job.id == job_id)
+            ).one()
+            exports = create_exports(
+                conn,
+                job_id=job_id,
+                study_uid=study_uid,
+                destinations=ctx.settings.destinations_for(rule),
+                objects=summary["results"]["objects"],
+                at=now,
+            )
+            if not exports:
+                transition_job(
+                    conn,
+                    job_id,
+                    JobState.RESULTS_READY,
+                    JobState.DONE,
+                    at=now,
+                    reason="no destination configured: results kept on the node",
+                )
     if not moved:
         log.warning("job_lost_before_results", job_id=job_id, worker=worker)
         return None

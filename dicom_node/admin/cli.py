@@ -23,6 +23,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(rules_app, name="rules")
 models_app = typer.Typer(no_args_is_help=True, help="Model plug-ins ([models] root).")
 app.add_typer(models_app, name="models")
+exports_app = typer.Typer(help="The export outbox: result objects x destinations.")
+app.add_typer(exports_app, name="exports")
+destinations_app = typer.Typer(help="Result destinations ([[destinations]]) and their circuits.")
+app.add_typer(destinations_app, name="destinations")
 
 ConfigOption = Annotated[
     Path | None,
@@ -124,6 +128,107 @@ def jobs(as_json: JsonOption = False, config: ConfigOption = None) -> None:
             f"{r['state']:<14} {tries:>5}  {r['model']:<20} {r['rule']:<20} "
             f"{r['job_id']} {r['study_uid']}"
         )
+
+
+@exports_app.callback(invoke_without_command=True)
+def exports(
+    ctx: typer.Context,
+    as_json: JsonOption = False,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job's rows.")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="PENDING, FAILED, ...")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Outbox rows, newest first: state, attempts, last DIMSE status and error."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dicom_node.admin.queries import list_exports  # noqa: PLC0415
+
+    rows = list_exports(_engine(_settings(config)), job_id=job, state=state)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(
+        f"{'STATE':<11} {'TRY':>5} {'KIND':<4} {'DESTINATION':<16} {'STATUS':<7} EXPORT / JOB"
+    )
+    for r in rows:
+        tries = f"{r['attempts']}/{r['max_attempts']}"
+        typer.echo(
+            f"{r['state']:<11} {tries:>5} {r['kind']:<4} {r['destination']:<16} "
+            f"{r['last_status'] or '-':<7} {r['export_id']} {r['job_id']}"
+        )
+        if r["last_error"] and r["state"] != "DELIVERED":
+            typer.echo(f"{'':<11} {r['last_error']}")
+
+
+@exports_app.command("resend")
+def exports_resend(
+    export_id: Annotated[str | None, typer.Argument(help="One outbox row.")] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Every row of this job.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Send DELIVERED or FAILED rows again (attempts from zero). Recorded in the audit log."""
+    if (export_id is None) == (job is None):
+        typer.echo("dicom-node: give an export ID or --job JOB", err=True)
+        raise typer.Exit(2)
+    from dicom_node.export.outbox import resend  # noqa: PLC0415
+
+    moved = resend(_engine(_settings(config)), export_id=export_id, job_id=job, actor="cli")
+    if not moved:
+        typer.echo("nothing to resend: no DELIVERED or FAILED row matches", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{len(moved)} export(s) back to PENDING: " + " ".join(moved))
+
+
+@destinations_app.callback(invoke_without_command=True)
+def destinations(
+    ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption = None
+) -> None:
+    """Configured destinations with their circuit state."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from dicom_node.admin.queries import list_circuits  # noqa: PLC0415
+
+    settings = _settings(config)
+    circuits = {c["destination"]: c for c in list_circuits(_engine(settings))}
+    rows = [
+        {
+            "name": d.name,
+            "ae_title": d.ae_title,
+            "host": d.host,
+            "port": d.port,
+            "profile": d.profile,
+            "tls": d.tls,
+            **{
+                k: v
+                for k, v in circuits.get(d.name, {"circuit": "CLOSED"}).items()
+                if k != "destination"
+            },
+        }
+        for d in settings.destinations
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['name']:<16} {r['ae_title']}@{r['host']}:{r['port']:<6} "
+            f"profile={r['profile']:<10} circuit={r['circuit']}"
+        )
+
+
+@destinations_app.command("echo")
+def destinations_echo(name: str, config: ConfigOption = None) -> None:
+    """C-ECHO one destination with its own settings (TLS included)."""
+    from dicom_node.export.scu import echo as scu_echo  # noqa: PLC0415
+
+    settings = _settings(config)
+    dest = settings.destination(name)
+    if dest is None:
+        typer.echo(f"dicom-node: no destination {name!r}", err=True)
+        raise typer.Exit(2)
+    error = scu_echo(dest, dest.calling_ae or settings.node.ae_title)
+    typer.echo(error or f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: Success")
+    raise typer.Exit(1 if error else 0)
 
 
 @studies_app.command("show")

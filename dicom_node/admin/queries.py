@@ -7,7 +7,15 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 
-from dicom_node.db.models import AuditEvent, Instance, Job, Series, Study
+from dicom_node.db.models import (
+    AuditEvent,
+    DestinationCircuit,
+    Export,
+    Instance,
+    Job,
+    Series,
+    Study,
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -116,6 +124,55 @@ def list_jobs(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:
             "max_attempts": r["max_attempts"],
             "error": r["error"],
             **{k: _iso(r[k]) for k in stamps},
+        }
+        for r in rows
+    ]
+
+
+def list_exports(
+    engine: Engine, *, job_id: str | None = None, state: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """Outbox rows, newest first, with their attempts, last status and error."""
+    stmt = select(Export.__table__).order_by(Export.created_at.desc(), Export.kind).limit(limit)
+    if job_id:
+        stmt = stmt.where(Export.job_id == job_id)
+    if state:
+        stmt = stmt.where(Export.state == state.upper())
+    with engine.connect() as conn:
+        rows = [row._mapping for row in conn.execute(stmt)]
+    return [
+        {
+            "export_id": r["id"],
+            "job_id": r["job_id"],
+            "study_uid": r["study_uid"],
+            "destination": r["destination"],
+            "kind": r["kind"],
+            "sop_instance_uid": r["sop_instance_uid"],
+            "state": r["state"],
+            "attempts": r["attempts"],
+            "max_attempts": r["max_attempts"],
+            "last_status": None if r["last_status"] is None else f"0x{r['last_status']:04X}",
+            "last_error": r["last_error"],
+            "warning": r["warning"],
+            "next_attempt_at": _iso(r["next_attempt_at"]),
+            "created_at": _iso(r["created_at"]),
+            "delivered_at": _iso(r["delivered_at"]),
+        }
+        for r in rows
+    ]
+
+
+def list_circuits(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(DestinationCircuit)).scalars().all()
+    return [
+        {
+            "destination": r.destination,
+            "circuit": r.state,
+            "failures": r.failures,
+            "opened_at": _iso(r.opened_at),
+            "probe_at": _iso(r.probe_at),
+            "last_error": r.last_error,
         }
         for r in rows
     ]

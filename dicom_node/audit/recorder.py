@@ -28,6 +28,15 @@ class AuditEventType(enum.StrEnum):
     JOB_DONE = "job.done"
     JOB_FAILED = "job.failed"
     JOB_CANCELLED = "job.cancelled"
+    EXPORT_PENDING = "export.pending"
+    EXPORT_SENDING = "export.sending"
+    EXPORT_DELIVERED = "export.delivered"
+    EXPORT_RETRY_WAIT = "export.retry_wait"
+    EXPORT_FAILED = "export.failed"
+    EXPORT_RESEND = "export.resend"
+    DESTINATION_CIRCUIT_OPENED = "destination.circuit_opened"
+    DESTINATION_PROBE_FAILED = "destination.probe_failed"
+    DESTINATION_CIRCUIT_CLOSED = "destination.circuit_closed"
 
 
 def record(

@@ -15,11 +15,18 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 
-from dicom_node.db.models import AuditEvent, Job, utcnow
+from dicom_node.db.models import Job, utcnow
 from dicom_node.domain import IllegalTransitionError, JobState
 from dicom_node.jobs import service
 from dicom_node.settings import JobSettings
-from tests.helpers import RunningNode, node_settings, send_datasets, start_node, wait_for
+from tests.helpers import (
+    RunningNode,
+    job_events,
+    node_settings,
+    send_datasets,
+    start_node,
+    wait_for,
+)
 from tests.integration.test_cli import cli, config_for
 
 RULES = [
@@ -56,14 +63,7 @@ def jobs_of(node: RunningNode, study_uid: str) -> list[Job]:
 
 
 def events(node: RunningNode, job_id: str) -> list[str]:
-    with node.engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(AuditEvent.event_type)
-                .where(AuditEvent.entity_id == job_id)
-                .order_by(AuditEvent.id)
-            ).scalars()
-        )
+    return job_events(node.engine, job_id)
 
 
 def test_complete_study_makes_one_job_per_model_and_input(

@@ -2,8 +2,9 @@
 (``dicom-node worker -Q gpu``), and the embedded mode with no broker at all.
 
 Each scenario receives the tilted Philips CT over DICOM, lets it complete, routes it to a tiny
-fixed-weight model and waits for RESULTS_READY; the mask is checked against an independent
-threshold of the pixel data. The fault scenarios kill things with SIGKILL mid-inference.
+fixed-weight model and waits for DONE (no destination configured); the mask is checked against
+an independent threshold of the pixel data. The fault scenarios kill things with SIGKILL
+mid-inference.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import Engine, select
 
-from dicom_node.db.models import AuditEvent, Job
+from dicom_node.db.models import Job
 from dicom_node.db.session import make_engine
 from dicom_node.domain import JobState
-from tests.helpers import free_port, send_datasets, wait_for
+from tests.helpers import free_port, job_events, send_datasets, wait_for
 from tests.integration.test_inference import expected_masks
 from tests.models import build_model
 from tests.peers import NodeProcess, write_node_config
@@ -125,12 +126,13 @@ class Scenario:
         model_extra: str = "",
         jobs: str = "",
         model: str = "threshold",
+        extra: str = "",
     ) -> None:
         self.tmp = tmp
         self.port = free_port()
         build_model(tmp / "models", "threshold", "torchscript", extra=model_extra)
         queue = f'broker_url = "{broker}"\n' if broker else ""
-        extra = f"""
+        config = f"""
 [completion]
 quiet_period_s = 3.0
 settle_s = 0.5
@@ -149,8 +151,11 @@ name = "ct"
 models = ["{model}"]
 [rules.match]
 modality = ["CT"]
+{extra}
 """
-        self.config = write_node_config(tmp / "node.toml", port=self.port, workdir=tmp, extra=extra)
+        self.config = write_node_config(
+            tmp / "node.toml", port=self.port, workdir=tmp, extra=config
+        )
         self.node = NodeProcess(self.config, tmp / "node.log")
         self.engine: Engine = make_engine(f"sqlite:///{tmp / 'index.db'}")
         self.files = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")
@@ -194,14 +199,7 @@ modality = ["CT"]
         return job
 
     def events(self, job_id: str) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(AuditEvent.event_type)
-                    .where(AuditEvent.entity_id == job_id)
-                    .order_by(AuditEvent.id)
-                ).scalars()
-            )
+        return job_events(self.engine, job_id)
 
     def log_tail(self) -> str:
         logs = [self.tmp / "node.log", *(w.log for w in self.workers)]
@@ -247,6 +245,24 @@ def scenarios() -> Iterator[list[Scenario]]:
         s.close()
 
 
+def start_scenario(
+    mode: str,
+    tmp: Path,
+    ct_dir: Path,
+    request: pytest.FixtureRequest,
+    scenarios: list[Scenario],
+    **options: str,
+) -> Scenario:
+    """A started node in ``mode`` (embedded, or celery with a private Redis and one worker)."""
+    broker = request.getfixturevalue("redis").url if mode == "celery" else None
+    s = Scenario(tmp, ct_dir, broker=broker, **options)
+    scenarios.append(s)
+    s.node.start()
+    if broker:
+        s.worker()
+    return s
+
+
 @pytest.mark.parametrize("mode", ["embedded", "celery"])
 def test_study_is_received_completed_routed_and_inferred(
     mode: str,
@@ -255,19 +271,14 @@ def test_study_is_received_completed_routed_and_inferred(
     request: pytest.FixtureRequest,
     scenarios: list[Scenario],
 ) -> None:
-    broker = request.getfixturevalue("redis").url if mode == "celery" else None
-    s = Scenario(tmp_path, ct_dir, broker=broker)
-    scenarios.append(s)
-    s.node.start()
-    if broker:
-        s.worker()
+    s = start_scenario(mode, tmp_path, ct_dir, request, scenarios)
     uid = s.send()
-    job = s.wait_state(uid, JobState.RESULTS_READY, 90)
+    job = s.wait_state(uid, JobState.DONE, 90)  # no destination: done once results are built
     s.check_mask(job)
     assert job.attempts == 1
     assert job.worker is not None
-    assert job.worker.startswith("celery-" if broker else "embedded-")
-    assert s.events(job.id) == ["job.queued", "job.running", "job.results_ready"]
+    assert job.worker.startswith(f"{mode}-")
+    assert s.events(job.id) == ["job.queued", "job.running", "job.results_ready", "job.done"]
 
 
 def test_worker_killed_mid_inference_job_reruns_and_completes_once(
@@ -283,7 +294,7 @@ def test_worker_killed_mid_inference_job_reruns_and_completes_once(
     first.kill9()
     killed_at = time.monotonic()
     s.worker()
-    job = s.wait_state(uid, JobState.RESULTS_READY, 120)
+    job = s.wait_state(uid, JobState.DONE, 120)
     recovered_s = time.monotonic() - killed_at
     s.check_mask(job)
     assert job.attempts == 2
@@ -295,6 +306,7 @@ def test_worker_killed_mid_inference_job_reruns_and_completes_once(
         "job.requeued",
         "job.running",
         "job.results_ready",
+        "job.done",
     ]
     print(f"worker kill -9: recovered in {recovered_s:.1f} s")
 
@@ -315,7 +327,7 @@ def test_redis_stopped_with_jobs_queued_loses_nothing(
     redis.start()
     s.worker()
     for uid in (first, second):
-        job = s.wait_state(uid, JobState.RESULTS_READY, 90)
+        job = s.wait_state(uid, JobState.DONE, 90)
         s.check_mask(job)
         assert s.events(job.id).count("job.results_ready") == 1
 
@@ -335,7 +347,7 @@ def test_node_killed_while_jobs_run_is_recovered(
     assert job.state == str(JobState.RUNNING)  # orphaned until the node comes back
     restarted_at = time.monotonic()
     s.node.start()
-    job = s.wait_state(uid, JobState.RESULTS_READY, 120)
+    job = s.wait_state(uid, JobState.DONE, 120)
     recovered_s = time.monotonic() - restarted_at
     s.check_mask(job)
     assert job.attempts == 2
@@ -345,6 +357,7 @@ def test_node_killed_while_jobs_run_is_recovered(
         "job.requeued",
         "job.running",
         "job.results_ready",
+        "job.done",
     ]
     print(f"node kill -9: recovered {recovered_s:.1f} s after restart")
 
@@ -357,13 +370,8 @@ def test_a_job_past_its_soft_time_limit_fails_with_a_message(
     request: pytest.FixtureRequest,
     scenarios: list[Scenario],
 ) -> None:
-    broker = request.getfixturevalue("redis").url if mode == "celery" else None
     limits = "soft_time_limit_s = 1.5\nhard_time_limit_s = 30.0"
-    s = Scenario(tmp_path, ct_dir, broker=broker, model_extra=SLOW, jobs=limits)
-    scenarios.append(s)
-    s.node.start()
-    if broker:
-        s.worker()
+    s = start_scenario(mode, tmp_path, ct_dir, request, scenarios, model_extra=SLOW, jobs=limits)
     uid = s.send()
     job = s.wait_state(uid, JobState.FAILED, 90)
     assert job.error == "exceeded the soft time limit of 1.5 s"

@@ -123,14 +123,17 @@ def to_source(
     grid: ModelGrid,
     *,
     sigmoid_label: int | None = None,
+    keep_channels: tuple[int, ...] = (),
     chunk: int = 16,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-source-frame labels (uint8 [slices, rows, columns]) from model-grid probabilities
     [1, C, d, h, w]: interpolated back onto each source frame, then argmax (or > 0.5 for a
-    single sigmoid channel, which becomes ``sigmoid_label``)."""
+    single sigmoid channel, which becomes ``sigmoid_label``). With ``keep_channels``, also
+    those channels' probabilities on the source frames, as uint8 (255 = 1.0), for FRACTIONAL."""
     n, rows, cols = grid.source_shape
     probs = probabilities[0]
     out = np.empty((n, rows, cols), dtype=np.uint8)
+    kept = np.empty((len(keep_channels), n, rows, cols), dtype=np.uint8) if keep_channels else None
     identity = _exact_identity(grid.model_index) and grid.shape[0] == n
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -147,4 +150,7 @@ def to_source(
         else:
             labels = argmax_channels(part)
         out[start:stop] = labels.cpu().numpy()
-    return out
+        if kept is not None:
+            chosen = part[list(keep_channels)].clamp(0, 1) * 255
+            kept[:, start:stop] = chosen.round().to(torch.uint8).cpu().numpy()
+    return out, kept

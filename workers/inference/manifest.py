@@ -75,6 +75,19 @@ class Inference(_Part):
     overlap: float = Field(default=0.25, ge=0, lt=1)
     amp: bool = Field(default=False, description="float16 autocast on CUDA")
     output: Literal["softmax", "sigmoid"] = "softmax"
+    seg_type: Literal["binary", "fractional"] = Field(
+        default="binary", description="FRACTIONAL keeps probabilities; most viewers show BINARY"
+    )
+
+
+class Finding(_Part):
+    """A qualitative evaluation in the SR (``[[findings]]``): ``name`` is Present in a segment
+    whose volume and highest probability reach the thresholds, else Absent."""
+
+    label: int = Field(ge=1, le=255)
+    name: Code
+    min_volume_ml: float = Field(default=0.0, ge=0)
+    min_probability: float = Field(default=0.5, ge=0, le=1)
 
 
 class Runner(_Part):
@@ -106,6 +119,7 @@ class Manifest(_Part):
     inference: Inference = Inference()
     labels: tuple[Label, ...] = Field(min_length=1)
     outputs: tuple[Literal["seg", "measurements", "findings"], ...] = ("seg",)
+    findings: tuple[Finding, ...] = ()
     runner: Runner
     resources: Resources = Resources()
     not_for_diagnostic_use: bool = True
@@ -115,6 +129,13 @@ class Manifest(_Part):
         values = [label.value for label in self.labels]
         if len(set(values)) != len(values):
             raise ValueError("label values must be distinct")
+        if ("measurements" in self.outputs or "findings" in self.outputs) and (
+            "seg" not in self.outputs
+        ):
+            raise ValueError("SR measurements reference SEG segments: outputs must include 'seg'")
+        for finding in self.findings:
+            if finding.label not in values:
+                raise ValueError(f"finding {finding.name.meaning!r}: no label {finding.label}")
         return self
 
     @property

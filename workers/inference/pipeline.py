@@ -106,7 +106,22 @@ def infer(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
     raise Transient(f"out of memory on {model.device} even with window {roi} and batch {batch}")
 
 
-def measure(volume: Volume, labels: np.ndarray, manifest: Manifest) -> list[dict[str, Any]]:
+def label_channels(manifest: Manifest) -> dict[int, int]:
+    """Probability channel of each label value: the value itself under softmax (0 is the
+    background), the one channel under sigmoid."""
+    if manifest.inference.output == "sigmoid":
+        return {label.value: 0 for label in manifest.labels}
+    return {label.value: label.value for label in manifest.labels}
+
+
+def measure(
+    volume: Volume,
+    labels: np.ndarray,
+    manifest: Manifest,
+    max_probability: dict[int, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Per label: voxels, volume (mL), mean and SD of the source intensity (HU for CT), and the
+    highest probability the model gave the label anywhere (for findings)."""
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
     out = []
     for label in manifest.labels:
@@ -121,6 +136,7 @@ def measure(volume: Volume, labels: np.ndarray, manifest: Manifest) -> list[dict
                 "volume_ml": voxels * voxel_ml,
                 "mean": float(values.mean()) if voxels else None,
                 "std": float(values.std()) if voxels else None,
+                "max_probability": (max_probability or {}).get(label.value),
             }
         )
     return out
@@ -146,19 +162,30 @@ def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[s
         torch.cuda.synchronize()
     t3 = time.perf_counter()
     sigmoid_label = manifest.labels[0].value if manifest.inference.output == "sigmoid" else None
-    labels = to_source(probs, grid, sigmoid_label=sigmoid_label)
+    channels = label_channels(manifest)
+    max_probability = {value: float(probs[0, c].max()) for value, c in channels.items()}
+    fractional = manifest.inference.seg_type == "fractional"
+    labels, kept = to_source(
+        probs,
+        grid,
+        sigmoid_label=sigmoid_label,
+        keep_channels=tuple(
+            channels[lb.value] for lb in sorted(manifest.labels, key=lambda x: x.value)
+        )
+        if fractional
+        else (),
+    )
     t4 = time.perf_counter()
     mask = out_dir / f"mask-{series.series_uid}.npz"
-    _fsync_write(
-        mask,
-        lambda f: np.savez_compressed(
-            f,
-            labels=labels,
-            affine=volume.affine,
-            sop_instance_uids=np.array([ref.sop_instance_uid for ref in volume.frames]),
-            frame_numbers=np.array([ref.frame_number or 0 for ref in volume.frames]),
-        ),
-    )
+    arrays: dict[str, np.ndarray] = {
+        "labels": labels,
+        "affine": volume.affine,
+        "sop_instance_uids": np.array([ref.sop_instance_uid for ref in volume.frames]),
+        "frame_numbers": np.array([ref.frame_number or 0 for ref in volume.frames]),
+    }
+    if kept is not None:
+        arrays["probabilities"] = kept
+    _fsync_write(mask, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
     return {
         "series_uid": series.series_uid,
         "mask": mask.name,
@@ -169,7 +196,7 @@ def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[s
         "model_spacing_mm": list(grid.spacing_mm),
         "tilt_deg": volume.tilt_deg,
         "uniform": volume.uniform,
-        "labels": measure(volume, labels, manifest),
+        "labels": measure(volume, labels, manifest, max_probability),
         "timings_s": {
             "load": t1 - t0,
             "preprocess": t2 - t1,

@@ -1,133 +1,158 @@
 """A DICOM Segmentation from a job's mask: one segment per manifest label, on the source frames.
 
-The mask from ``workers.inference.pipeline`` already has one label image per source frame, in
-the order of its ``sop_instance_uids``; the SEG references exactly those instances (and frames),
-so it lands where the scanner's images are, tilted or not. UIDs are derived from the input
-instances plus the model name and version, so a re-run or a re-send is the same object to the
-PACS (idempotent).
+The mask from ``workers.inference.pipeline`` has one label image per source frame, with the
+frame's SOP Instance UID and frame number; the SEG references exactly those instances (and
+frames), so it lands where the scanner's images are, tilted, sagittal or multi-frame. BINARY by
+default; FRACTIONAL when the manifest asks (OHIF and Slicer do not show it: PITFALLS 19).
 """
 
 from __future__ import annotations
 
-import uuid
 import warnings
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 
 import highdicom as hd
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
-from pydicom.uid import UID
 
-from dicom_node import __version__
 from dicom_node.errors import Permanent
-from workers.inference.manifest import Code, Manifest
+from workers.inference.manifest import Manifest
+from workers.results.provenance import (
+    MANUFACTURER,
+    SOFTWARE,
+    algorithm_identification,
+    concept,
+    contributing_equipment,
+    derived_uid,
+    series_description,
+    stamp,
+)
 
-MANUFACTURER = "dicom-node"
 SEG_SERIES_NUMBER = 9001
-_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/dicom-node/dicom-node/results")
 
 
 class ResultError(Permanent):
     """The result object cannot be built as the standard requires; the message says why."""
 
 
-def derived_uid(kind: str, manifest: Manifest, source_uids: Sequence[str]) -> UID:
-    """The same inputs and model give the same UID, for idempotent re-sends: a name-based
-    UUID (RFC 9562 v5) in the 2.25 form. (pydicom's ``generate_uid(prefix=None)`` ignores its
-    entropy sources and is random.)"""
-    name = "\n".join([kind, manifest.name, manifest.version, *sorted(source_uids)])
-    return UID(f"2.25.{uuid.uuid5(_NAMESPACE, name).int}")
+@dataclass(frozen=True, slots=True)
+class Mask:
+    """A pipeline mask: labels per source frame, in the order of ``sop_instance_uids``."""
+
+    labels: np.ndarray  # uint8 [frames, rows, columns], the manifest's label values
+    sop_instance_uids: tuple[str, ...]
+    frame_numbers: tuple[int, ...]  # 1-based for multi-frame sources, 0 for single-frame
+    probabilities: np.ndarray | None = None  # uint8 [labels, frames, rows, columns], 255 = 1.0
 
 
-def _concept(code: Code) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+@contextmanager
+def quiet_person_names() -> Iterator[None]:
+    """highdicom warns about the source's PatientName, quoting it: PHI in the logs. The source is
+    copied as received (PITFALLS 15), so the warning helps nobody."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
+        yield
 
 
 def segment_descriptions(manifest: Manifest) -> list[hd.seg.SegmentDescription]:
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=manifest.name,
-        version=manifest.version,
-        family=_concept(manifest.family)
-        if manifest.family
-        else codes.cid7162.ArtificialIntelligence,
-    )
+    algorithm = algorithm_identification(manifest)
     return [
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=label.name,
-            segmented_property_category=_concept(label.category),
-            segmented_property_type=_concept(label.type),
+            segmented_property_category=concept(label.category),
+            segmented_property_type=concept(label.type),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             display_color=hd.color.CIELabColor.from_rgb(*label.color),
         )
-        for number, label in enumerate(sorted(manifest.labels, key=lambda x: x.value), start=1)
+        for number, label in enumerate(ordered_labels(manifest), start=1)
     ]
+
+
+def ordered_labels(manifest: Manifest) -> list:  # type: ignore[type-arg]
+    """Labels in segment-number order (segment numbers run 1..n)."""
+    return sorted(manifest.labels, key=lambda x: x.value)
+
+
+def _frame_order(mask: Mask, sources: Sequence[Dataset]) -> np.ndarray:
+    """Index into the mask for each source frame, in the order highdicom expects: the sources'
+    order for single-frame instances, frame-number order for one multi-frame instance."""
+    if len(sources) == 1 and int(getattr(sources[0], "NumberOfFrames", 1) or 1) > 1:
+        frames = int(sources[0].NumberOfFrames)
+        if sorted(mask.frame_numbers) != list(range(1, frames + 1)):
+            raise ResultError(f"the mask covers {len(mask.frame_numbers)} of {frames} frames")
+        return np.argsort(np.asarray(mask.frame_numbers))
+    by_uid = {uid: k for k, uid in enumerate(mask.sop_instance_uids)}
+    if len(by_uid) != len(mask.sop_instance_uids) or len(sources) != len(by_uid):
+        raise ResultError(
+            f"{len(mask.sop_instance_uids)} mask frames for {len(sources)} source instances; "
+            "a series mixing multi-frame instances is not supported"
+        )
+    return np.array([by_uid[str(ds.SOPInstanceUID)] for ds in sources])
 
 
 def build_seg(
     sources: Sequence[Dataset],
-    labels: np.ndarray,
+    mask: Mask,
     manifest: Manifest,
     *,
-    omit_empty_frames: bool = True,
+    weights_sha256: str,
+    at: datetime,
+    omit_empty_frames: bool = False,
     workers: int = 0,
 ) -> hd.seg.Segmentation:
-    """``labels`` is uint8 [frames, rows, columns] in the order of ``sources`` (single-frame
-    instances of one series), with the manifest's label values."""
-    if len(sources) != labels.shape[0]:
-        raise ResultError(f"{labels.shape[0]} mask frames for {len(sources)} source instances")
-    ordered = sorted(manifest.labels, key=lambda x: x.value)
-    segments = np.zeros(labels.shape, dtype=np.uint8)
-    for number, label in enumerate(ordered, start=1):
-        segments[labels == label.value] = number  # segment numbers must run 1..n
-    source_uids = [str(ds.SOPInstanceUID) for ds in sources]
-    description = f"AI {manifest.name} {manifest.version}"[:64]
+    """``sources``: the single-frame instances of one series, or its one multi-frame instance."""
+    order = _frame_order(mask, sources)
+    labels = ordered_labels(manifest)
+    fractional = manifest.inference.seg_type == "fractional"
+    if fractional:
+        if mask.probabilities is None:
+            raise ResultError("FRACTIONAL SEG asked for, but the mask kept no probabilities")
+        pixels: np.ndarray = np.moveaxis(mask.probabilities[:, order], 0, -1).astype(np.float32)
+        pixels /= 255.0
+    else:
+        pixels = np.zeros(mask.labels.shape, dtype=np.uint8)
+        source_labels = mask.labels[order]
+        for number, label in enumerate(labels, start=1):
+            pixels[source_labels == label.value] = number
+    source_uids = list(mask.sop_instance_uids)
+    variant = (manifest.inference.seg_type, f"omit={omit_empty_frames}")
     try:
-        with warnings.catch_warnings():
-            # highdicom warns about the source's PatientName, quoting it: PHI in the logs. The
-            # source is copied as received (PITFALLS 15), so the warning helps nobody.
-            warnings.filterwarnings(
-                "ignore", message=".*intended person name", category=UserWarning
-            )
-            return hd.seg.Segmentation(
+        with quiet_person_names():
+            seg = hd.seg.Segmentation(
                 source_images=list(sources),
-                pixel_array=segments,
-                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                pixel_array=pixels,
+                segmentation_type=(
+                    hd.seg.SegmentationTypeValues.FRACTIONAL
+                    if fractional
+                    else hd.seg.SegmentationTypeValues.BINARY
+                ),
                 segment_descriptions=segment_descriptions(manifest),
-                series_instance_uid=derived_uid("seg-series", manifest, source_uids),
+                series_instance_uid=derived_uid("seg-series", manifest, source_uids, *variant),
                 series_number=SEG_SERIES_NUMBER,
-                sop_instance_uid=derived_uid("seg", manifest, source_uids),
+                sop_instance_uid=derived_uid("seg", manifest, source_uids, *variant),
                 instance_number=1,
                 manufacturer=MANUFACTURER,
                 manufacturer_model_name=manifest.name[:64],
-                software_versions=f"dicom-node {__version__}",  # the model's is in the algorithm ID
+                software_versions=SOFTWARE,  # the model's is in the algorithm identification
                 device_serial_number="0",
-                series_description=description,
+                series_description=series_description("SEG", manifest),
                 content_label="AI_SEG",
                 content_description=(
                     f"{manifest.name} {manifest.version}: not for diagnostic use"
                     if manifest.not_for_diagnostic_use
                     else f"{manifest.name} {manifest.version}"
                 )[:64],
+                content_creator_name=None,
                 omit_empty_frames=omit_empty_frames,
                 workers=workers,
+                contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
             )
     except (ValueError, TypeError) as exc:
         raise ResultError(f"cannot build SEG: {exc}") from None
-
-
-def seg_from_result(
-    job_dir: Path, mask_name: str, storage_paths: dict[str, Path], manifest: Manifest
-) -> hd.seg.Segmentation:
-    """Load a pipeline mask and its source instances (by SOP Instance UID) and build the SEG."""
-    saved = np.load(job_dir / mask_name)
-    uids = [str(u) for u in saved["sop_instance_uids"]]
-    missing = [u for u in uids if u not in storage_paths]
-    if missing:
-        raise ResultError(f"source instance {missing[0]} is no longer stored")
-    sources = [dcmread(storage_paths[u]) for u in uids]
-    return build_seg(sources, saved["labels"], manifest)
+    stamp(seg, at)
+    return seg

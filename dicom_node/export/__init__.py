@@ -1,0 +1,1 @@
+"""⑥ export: the durable outbox of result objects, and the C-STORE SCU that empties it."""

@@ -1,0 +1,337 @@
+"""SEG, SR and key images from real pipeline results, checked the way a viewer and a validator
+would: dciodvfy with 0 errors and dsrdump exit 0 for every object, SEG pixels equal to an
+independent threshold of the source pixel data frame by frame, segment centroids in patient
+coordinates from the SEG's own geometry, and SR groups that reference the right segments.
+
+Inputs: the gantry-tilted CT (54 slices), the sagittal MR (35 slices) and two multi-frame CTs
+(Enhanced CT, Legacy Converted Enhanced CT). The model is a real 1x1x1 convolution with known
+weights that cuts the intensity into bands: one segment per band.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.sr.codedict import codes
+
+from dicom_node.settings import ProfileSettings
+from tests.integration.test_inference import run_model
+from tests.models import WINDOW, band_labels, build_model
+from workers.inference.decode import pixel_array
+from workers.inference.runners import ModelCache
+from workers.results.build import build_results, load_mask
+from workers.results.keyimages import BANNER
+from workers.results.seg import ResultError
+
+TILTED = "dcm_qa_ct/In/Philips/S21610/S2010"
+SAGITTAL = "dcm_qa_decubitus/In/HFS/3_t1_fl2d_sag"
+ENHANCED_CT = "pydicom-data/eCT_Supplemental.dcm"
+LEGACY_MF = "dcmqi/data/segmentations/23x38x3/multiframe/mf.dcm"
+CT_BANDS = (-500.5, -50.5, 300.5)  # air / fat / soft tissue / bone
+MR_BANDS = (100.5, 300.5)
+PROFILES = {
+    "default": ProfileSettings(),
+    "legacy": ProfileSettings(key_images=3),
+    "modern": ProfileSettings(sr_class="comprehensive3d", omit_empty_frames=True),
+}
+FINDINGS = """
+[[findings]]
+label = {label}
+name = {{ value = "272673000", scheme = "SCT", meaning = "Bone" }}
+min_volume_ml = 0.001
+"""
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def dsrdump_ok(path: Path) -> tuple[int, str]:
+    done = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=False)
+    return done.returncode, done.stderr
+
+
+def series_files(testdata: Path, where: str) -> list[Path]:
+    path = testdata / where
+    if path.is_file():
+        return [path]
+    return [p for p in path.iterdir() if p.name != "DIRFILE"]
+
+
+def source_values(path: Path) -> dict[int, np.ndarray]:
+    """Rescaled values per frame number (0 for a single-frame instance), from pydicom."""
+    ds = dcmread(path)
+    stored = pixel_array(ds, path).astype(np.float64)
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) == 1:
+        slope = float(getattr(ds, "RescaleSlope", 1))
+        return {0: stored * slope + float(getattr(ds, "RescaleIntercept", 0))}
+    out = {}
+    for n in range(1, int(ds.NumberOfFrames) + 1):
+        group = ds.PerFrameFunctionalGroupsSequence[n - 1]
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        transform = (
+            group.PixelValueTransformationSequence[0]
+            if "PixelValueTransformationSequence" in group
+            else shared.PixelValueTransformationSequence[0]
+        )
+        out[n] = stored[n - 1] * float(transform.RescaleSlope) + float(transform.RescaleIntercept)
+    return out
+
+
+class Case:
+    def __init__(self, tmp: Path, files: list[Path], bands: tuple[float, ...], **build: Any):
+        self.files, self.bands = files, bands
+        extra = FINDINGS.format(label=len(bands))
+        build_model(tmp / "models", "bands", "torchscript", threshold_hu=bands, extra=extra)
+        manifest = tmp / "models" / "bands" / "manifest.toml"
+        manifest.write_text(
+            manifest.read_text().replace(
+                'outputs = ["seg", "measurements"]', 'outputs = ["seg", "measurements", "findings"]'
+            )
+        )
+        self.summary = run_model(tmp / "models", "bands", files, tmp / "results")
+        self.manifest = ModelCache(tmp / "models", "cpu").get("bands").manifest
+        self.paths = {
+            str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in self.files
+        }
+        self.results = build_results(
+            self.summary,
+            self.manifest,
+            build.pop("profiles", PROFILES),
+            self.paths,
+            at=datetime.now(UTC),
+            **build,
+        )
+        [self.series] = self.summary["series"]
+        self.mask = load_mask(Path(self.summary["path"]) / self.series["mask"])
+
+    def objects(self, profile: str, kind: str) -> list[dict[str, str]]:
+        return [o for o in self.results["objects"][profile] if o["kind"] == kind]
+
+    def expected(self, k: int) -> np.ndarray:
+        """Independent expectation for mask frame ``k``: bands of the clipped source values."""
+        uid, frame = self.mask.sop_instance_uids[k], self.mask.frame_numbers[k]
+        values = np.clip(source_values(self.paths[uid])[frame], *WINDOW)
+        return band_labels(values, self.bands)
+
+
+@pytest.fixture(scope="module", params=[TILTED, SAGITTAL, ENHANCED_CT, LEGACY_MF])
+def case(request: pytest.FixtureRequest, testdata: Path, tmp_path_factory: pytest.TempPathFactory):
+    files = series_files(testdata, request.param)
+    bands = MR_BANDS if request.param == SAGITTAL else CT_BANDS
+    return Case(tmp_path_factory.mktemp("results"), files, bands)
+
+
+def test_every_object_is_valid(case: Case) -> None:
+    kinds = set()
+    for profile, objects in case.results["objects"].items():
+        for obj in objects:
+            path = Path(obj["path"])
+            assert dciodvfy_errors(path) == [], (profile, obj["kind"])
+            if obj["kind"] == "sr":
+                code, err = dsrdump_ok(path)
+                assert code == 0, err
+            kinds.add(obj["kind"])
+    assert kinds == {"seg", "sr", "sc"}
+
+
+def test_seg_pixels_equal_the_independent_mask_frame_by_frame(case: Case) -> None:
+    for profile in PROFILES:
+        [obj] = case.objects(profile, "seg")
+        seg = hd.seg.segread(obj["path"])
+        n = len(case.bands)
+        assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == list(range(1, n + 1))
+        for k, (uid, frame) in enumerate(
+            zip(case.mask.sop_instance_uids, case.mask.frame_numbers, strict=True)
+        ):
+            expected = case.expected(k)
+            np.testing.assert_array_equal(case.mask.labels[k], expected)
+            if frame:
+                got = seg.get_pixels_by_source_frame(
+                    source_sop_instance_uid=uid,
+                    source_frame_numbers=[frame],
+                    ignore_spatial_locations=True,
+                    assert_missing_frames_are_empty=True,
+                )[0]
+            else:
+                got = seg.get_pixels_by_source_instance(
+                    source_sop_instance_uids=[uid],
+                    ignore_spatial_locations=True,
+                    assert_missing_frames_are_empty=True,
+                )[0]
+            for number in range(1, n + 1):
+                np.testing.assert_array_equal(got[..., number - 1], expected == number)
+
+
+def seg_centroids(seg: hd.seg.Segmentation) -> dict[int, np.ndarray]:
+    """Each segment's centroid in patient coordinates, from the SEG's own frame geometry."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    dy, dx = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    sums: dict[int, list[np.ndarray]] = {}
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ipp = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        rows, cols = np.nonzero(frame)
+        sums.setdefault(number, []).append(
+            ipp + np.outer(cols * dx, iop[:3]) + np.outer(rows * dy, iop[3:])
+        )
+    return {n: np.concatenate(p).mean(axis=0) for n, p in sums.items() if sum(map(len, p))}
+
+
+def test_segment_centroids_in_patient_space_match_the_mask(case: Case) -> None:
+    saved = np.load(Path(case.summary["path"]) / case.series["mask"])
+    affine = saved["affine"]
+    voxel = min(float(np.linalg.norm(affine[:3, i])) for i in range(3))
+    for profile in PROFILES:
+        [obj] = case.objects(profile, "seg")
+        got = seg_centroids(hd.seg.segread(obj["path"]))
+        for number in range(1, len(case.bands) + 1):
+            k, rows, cols = np.nonzero(case.mask.labels == number)
+            if len(k) == 0:
+                assert number not in got
+                continue
+            ijk = np.stack([cols, rows, k, np.ones_like(k)]).astype(float)
+            expected = (affine @ ijk)[:3].mean(axis=1)
+            assert np.linalg.norm(got[number] - expected) <= 0.5 * voxel, (profile, number)
+
+
+def test_sr_groups_reference_the_seg_segments_and_carry_the_measurements(case: Case) -> None:
+    labels = {item["value"]: item for item in case.series["labels"]}
+    affine = np.load(Path(case.summary["path"]) / case.series["mask"])["affine"]
+    voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
+    for profile, sop_class in (
+        ("default", "1.2.840.10008.5.1.4.1.1.88.33"),
+        ("modern", "1.2.840.10008.5.1.4.1.1.88.34"),
+    ):
+        [seg_obj], [sr_obj] = case.objects(profile, "seg"), case.objects(profile, "sr")
+        sr = hd.sr.srread(sr_obj["path"])
+        assert sr.SOPClassUID == sop_class
+        assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+        groups = sr.content.get_volumetric_roi_measurement_groups()
+        assert len(groups) == len(case.bands)
+        for number, group in enumerate(groups, start=1):
+            segment = group.referenced_segment
+            assert segment.referenced_sop_instance_uid == seg_obj["sop_instance_uid"]
+            assert list(segment.referenced_segment_numbers) == [number]
+            voxels = int((case.mask.labels == number).sum())
+            [volume] = group.get_measurements(name=codes.SCT.Volume)
+            assert volume.value == pytest.approx(voxels * voxel_ml, rel=1e-3, abs=1e-3)
+            assert voxels == labels[number]["voxels"]
+        # the observer is the algorithm
+        assert sr.content.get_observer_contexts()[0].observer_type == codes.DCM.Device
+        # evidence: the SEG and one key image of the source series, not all of them
+        evidence = {
+            sop.ReferencedSOPInstanceUID
+            for study in sr.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for sop in series.ReferencedSOPSequence
+        }
+        assert seg_obj["sop_instance_uid"] in evidence
+        [key] = evidence - {seg_obj["sop_instance_uid"]}
+        assert key in case.paths
+
+
+def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:
+    again = build_results(case.summary, case.manifest, PROFILES, case.paths, at=datetime.now(UTC))
+    uids = lambda r: [o["sop_instance_uid"] for p in PROFILES for o in r["objects"][p]]  # noqa: E731
+    assert uids(again) == uids(case.results)
+    [a], [b] = case.objects("default", "seg"), case.objects("modern", "seg")
+    assert a["sop_instance_uid"] != b["sop_instance_uid"]  # with and without empty frames
+
+
+def test_key_images_show_the_outline_and_the_banner(case: Case) -> None:
+    images = case.objects("legacy", "sc")
+    assert 1 <= len(images) <= 3
+    colors = {tuple(label.color) for label in case.manifest.labels}
+    for obj in images:
+        ds = dcmread(obj["path"])
+        assert ds.BurnedInAnnotation == "YES" and "AI" in ds.SeriesDescription
+        rgb = ds.pixel_array
+        band = rgb[: max(10, ds.Rows // 28)]
+        assert (band == (255, 255, 0)).all(axis=-1).any(), "banner text"
+        found = {tuple(int(c) for c in p) for p in rgb[band.shape[0] + 2 :].reshape(-1, 3)}
+        assert colors & found, "an outline in a label's colour"
+    assert BANNER.startswith("AI RESULT")
+
+
+@pytest.fixture(scope="module")
+def tilted(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    return Case(
+        tmp_path_factory.mktemp("tilted"),
+        series_files(testdata, TILTED),
+        CT_BANDS,
+        profiles={"default": PROFILES["default"]},
+    )
+
+
+def test_new_results_name_the_reports_they_replace(tilted: Case) -> None:
+    [first] = tilted.objects("default", "sr")
+    again = build_results(
+        tilted.summary,
+        tilted.manifest,
+        {"default": ProfileSettings(sr_class="comprehensive3d")},
+        tilted.paths,
+        at=datetime.now(UTC),
+        previous={"default": [Path(first["path"])]},
+    )
+    [sr_obj] = [o for o in again["objects"]["default"] if o["kind"] == "sr"]
+    sr = dcmread(sr_obj["path"])
+    [study] = sr.PredecessorDocumentsSequence
+    refs = [
+        s.ReferencedSOPInstanceUID
+        for x in study.ReferencedSeriesSequence
+        for s in x.ReferencedSOPSequence
+    ]
+    assert refs == [first["sop_instance_uid"]]
+    assert dciodvfy_errors(Path(sr_obj["path"])) == []
+    assert dsrdump_ok(Path(sr_obj["path"]))[0] == 0
+
+
+def test_a_source_instance_gone_from_storage_is_a_clear_job_error(tilted: Case) -> None:
+    paths = dict(tilted.paths)
+    gone = next(iter(paths))
+    del paths[gone]
+    with pytest.raises(ResultError, match=f"source instance {gone} is no longer stored"):
+        build_results(tilted.summary, tilted.manifest, PROFILES, paths, at=datetime.now(UTC))
+
+
+def test_fractional_seg_keeps_the_probabilities(testdata: Path, tmp_path: Path) -> None:
+    files = series_files(testdata, TILTED)
+    build_model(
+        tmp_path / "models",
+        "frac",
+        "torchscript",
+        threshold_hu=300.5,
+        extra='[inference]\nseg_type = "fractional"',
+    )
+    summary = run_model(tmp_path / "models", "frac", files, tmp_path / "results")
+    manifest = ModelCache(tmp_path / "models", "cpu").get("frac").manifest
+    paths = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
+    out = build_results(
+        summary, manifest, {"default": ProfileSettings()}, paths, at=datetime.now(UTC)
+    )
+    [seg_obj, sr_obj] = out["objects"]["default"]
+    for obj in (seg_obj, sr_obj):
+        assert dciodvfy_errors(Path(obj["path"])) == []
+    seg = hd.seg.segread(seg_obj["path"])
+    assert seg.SegmentationType == "FRACTIONAL"
+    mask = load_mask(Path(summary["path"]) / summary["series"][0]["mask"])
+    uid = mask.sop_instance_uids[0]
+    got = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[uid],
+        ignore_spatial_locations=True,
+        assert_missing_frames_are_empty=True,
+    )[0, ..., 0]
+    # the fixed-gain model is near-certain away from the threshold: probabilities ~0 or ~1,
+    # and > 0.5 exactly where the binary label is
+    np.testing.assert_array_equal(got > 0.5, mask.labels[0] == 1)
