@@ -39,6 +39,8 @@ class OrthancPeer:
     http_port: int
     dicom_port: int
     aet: str
+    workdir: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
 
     def api(self, method: str, path: str, body: bytes | None = None) -> Any:
         req = urllib.request.Request(
@@ -47,6 +49,30 @@ class OrthancPeer:
         with urllib.request.urlopen(req, timeout=120) as rsp:  # noqa: S310
             return json.loads(rsp.read() or b"null")
 
+    def start(self) -> None:
+        """(Re)start with the same config, ports and storage."""
+        assert self.workdir is not None
+        with (self.workdir / "orthanc.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [ORTHANC, str(self.workdir / "orthanc.json")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "TCP_NODELAY": "1"},
+            )
+        wait_for(lambda: _alive(self), 30, "Orthanc answering HTTP")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+    def upload(self, files: list[Path]) -> str:
+        """POST each file to /instances; returns Orthanc's study id."""
+        study = ""
+        for path in files:
+            study = self.api("POST", "/instances", path.read_bytes())["ParentStudy"]
+        return study
+
 
 @contextmanager
 def orthanc(
@@ -54,7 +80,7 @@ def orthanc(
 ) -> Iterator[OrthancPeer]:
     """Orthanc with its own config and storage (PITFALLS 12: it binds all interfaces)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    peer = OrthancPeer(free_port(), free_port(), aet)
+    peer = OrthancPeer(free_port(), free_port(), aet, workdir)
     config = {
         "Name": "dicom-node-test",
         "StorageDirectory": str(workdir / "db"),
@@ -74,22 +100,12 @@ def orthanc(
         "StorageCompression": False,
         "SaveJobs": False,
     }
-    cfg = workdir / "orthanc.json"
-    cfg.write_text(json.dumps(config))
-    log = (workdir / "orthanc.log").open("wb")
-    proc = subprocess.Popen(
-        [ORTHANC, str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TCP_NODELAY": "1"},
-    )
+    (workdir / "orthanc.json").write_text(json.dumps(config))
+    peer.start()
     try:
-        wait_for(lambda: _alive(peer), 30, "Orthanc answering HTTP")
         yield peer
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
+        peer.stop()
 
 
 def _alive(peer: OrthancPeer) -> bool:

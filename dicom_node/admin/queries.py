@@ -164,7 +164,7 @@ def list_exports(
 
 def list_circuits(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as conn:
-        rows = conn.execute(select(DestinationCircuit)).scalars().all()
+        rows = conn.execute(select(DestinationCircuit.__table__)).all()
     return [
         {
             "destination": r.destination,

@@ -64,6 +64,7 @@ class DestinationSender(threading.Thread):
             return False
         batch = outbox.claim_batch(self.engine, self.dest.name, self.settings.export.lease_s)
         if not batch:
+            outbox.settle_exporting(self.engine)
             return False
         self.send(batch)
         return True
@@ -86,12 +87,11 @@ class DestinationSender(threading.Thread):
                 failure = str(exc)
                 sent = [Outcome(False, True, None, failure) for _ in present]
             outcomes.update(zip((r.id for r in present), sent, strict=True))
+        attempt = max(row.attempts for row in batch) + 1  # rows were read before the claim
+        delay = outbox.backoff_s(self.dest, attempt, self.settings.export.jitter)
         with self.engine.begin() as conn:
             states = [
-                outbox.record_outcome(
-                    conn, row, self.dest, outcomes[row.id], jitter=self.settings.export.jitter
-                )
-                for row in batch
+                outbox.record_outcome(conn, row, outcomes[row.id], delay_s=delay) for row in batch
             ]
             job_state = outbox.settle_job(conn, job_id)
         if failure:

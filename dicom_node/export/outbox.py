@@ -208,13 +208,11 @@ def claim_batch(engine: Engine, destination: str, lease_s: float) -> list[Export
         ).scalar()
         if first is None:
             return []
-        rows = (
-            conn.execute(
-                select(Export).where(Export.destination == destination, Export.job_id == first, due)
+        rows: Sequence[Export] = conn.execute(  # type: ignore[assignment]  # Rows
+            select(Export.__table__).where(
+                Export.destination == destination, Export.job_id == first, due
             )
-            .scalars()
-            .all()
-        )
+        ).all()
         claimed = []
         for row in sorted(rows, key=lambda r: KIND_ORDER.get(r.kind, 9)):
             moved = transition_export(
@@ -245,12 +243,12 @@ def claim_batch(engine: Engine, destination: str, lease_s: float) -> list[Export
 def record_outcome(
     conn: Connection,
     row: Export,
-    dest: DestinationSettings,
     outcome: Outcome,
     *,
-    jitter: float,
+    delay_s: float,
 ) -> ExportState:
-    """Move a SENDING row to DELIVERED, RETRY_WAIT (with its backoff) or FAILED."""
+    """Move a SENDING row to DELIVERED, RETRY_WAIT (``delay_s`` from now) or FAILED. The caller
+    computes one backoff for the whole batch, so a job's objects stay on one association."""
     now = utcnow()
     status, message, warning = outcome.status, outcome.message, outcome.warning
     delivered, transient = outcome.delivered, outcome.transient
@@ -269,7 +267,7 @@ def record_outcome(
         )
         return ExportState.DELIVERED
     if transient and attempts < row.max_attempts:
-        delay = backoff_s(dest, attempts, jitter)
+        delay = delay_s
         at = now + timedelta(seconds=delay)
         transition_export(
             conn,
@@ -336,6 +334,22 @@ def settle_job(conn: Connection, job_id: str) -> JobState | None:
     return JobState.FAILED
 
 
+def settle_exporting(engine: Engine) -> list[str]:
+    """Settle EXPORTING jobs whose rows are all final. Two senders finishing one job's rows at
+    once under READ COMMITTED can each see the other's row still SENDING; this pass catches it."""
+    final = [str(s) for s in EXPORT_FINAL]
+    open_rows = select(Export.id).where(Export.job_id == Job.id, Export.state.not_in(final))
+    with engine.begin() as conn:
+        jobs = (
+            conn.execute(
+                select(Job.id).where(Job.state == str(JobState.EXPORTING), ~open_rows.exists())
+            )
+            .scalars()
+            .all()
+        )
+        return [job_id for job_id in jobs if settle_job(conn, job_id) is not None]
+
+
 def resend(
     engine: Engine,
     *,
@@ -400,9 +414,11 @@ def circuit(engine: Engine, destination: str) -> DestinationCircuit:
             DestinationCircuit,
             {"destination": destination, "state": str(CircuitState.CLOSED), "failures": 0},
         )
-        return conn.execute(
-            select(DestinationCircuit).where(DestinationCircuit.destination == destination)
-        ).scalar_one()
+        return conn.execute(  # type: ignore[return-value]  # a Row with its columns
+            select(DestinationCircuit.__table__).where(
+                DestinationCircuit.destination == destination
+            )
+        ).one()
 
 
 def association_failed(engine: Engine, dest: DestinationSettings, error: str) -> bool:
@@ -453,11 +469,22 @@ def probe_result(engine: Engine, dest: DestinationSettings, error: str) -> None:
     now = utcnow()
     with engine.begin() as conn:
         if error:
-            probe_at = now + timedelta(seconds=dest.circuit_probe_s)
+            failures = conn.execute(
+                update(DestinationCircuit)
+                .where(DestinationCircuit.destination == dest.name)
+                .values(failures=DestinationCircuit.failures + 1, last_error=error[:1024])
+                .returning(DestinationCircuit.failures)
+            ).scalar_one()
+            # probes back off as sends do, so a PACS down for a day is not probed every 30 s
+            extra = max(0, failures - dest.circuit_failures)
+            delay = min(
+                max(dest.backoff_max_s, dest.circuit_probe_s), dest.circuit_probe_s * 2**extra
+            )
+            probe_at = now + timedelta(seconds=delay)
             conn.execute(
                 update(DestinationCircuit)
                 .where(DestinationCircuit.destination == dest.name)
-                .values(probe_at=probe_at, last_error=error[:1024])
+                .values(probe_at=probe_at)
             )
             record(
                 conn,

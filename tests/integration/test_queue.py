@@ -127,9 +127,10 @@ class Scenario:
         jobs: str = "",
         model: str = "threshold",
         extra: str = "",
+        port: int | None = None,
     ) -> None:
         self.tmp = tmp
-        self.port = free_port()
+        self.port = port or free_port()
         build_model(tmp / "models", "threshold", "torchscript", extra=model_extra)
         queue = f'broker_url = "{broker}"\n' if broker else ""
         config = f"""
@@ -183,6 +184,13 @@ modality = ["CT"]
         wait_for(lambda: _listening(self.port), 20, "node listening")
         assert set(send_datasets(self.port, datasets)) == {0}
         return str(datasets[0].StudyInstanceUID)
+
+    def job_state(self, job_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(Job.state).where(Job.id == job_id)).scalar()
+
+    def listening(self) -> bool:
+        return _listening(self.port)
 
     def job(self, study_uid: str) -> Job | None:
         with self.engine.connect() as conn:
