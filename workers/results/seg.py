@@ -115,10 +115,18 @@ def build_seg(
         pixels: np.ndarray = np.moveaxis(mask.probabilities[:, order], 0, -1).astype(np.float32)
         pixels /= 255.0
     else:
-        pixels = np.zeros(mask.labels.shape, dtype=np.uint8)
-        source_labels = mask.labels[order]
+        # one pass through a lookup table (label value -> segment number); none at all when the
+        # values already are the numbers and the frames already in order (the common case)
+        lut = np.zeros(256, dtype=np.uint8)
         for number, label in enumerate(labels, start=1):
-            pixels[source_labels == label.value] = number
+            lut[label.value] = number
+        identity = all(label.value == n for n, label in enumerate(labels, start=1))
+        in_order = bool(np.array_equal(order, np.arange(len(order))))
+        pixels = mask.labels if in_order else mask.labels[order]
+        if not identity:
+            pixels = lut[pixels]
+        elif int(pixels.max(initial=0)) > len(labels):
+            pixels = lut[pixels]  # values the manifest does not name become background
     source_uids = list(mask.sop_instance_uids)
     variant = (manifest.inference.seg_type, f"omit={omit_empty_frames}")
     try:
