@@ -25,7 +25,7 @@ from workers.results.provenance import (
     series_description,
     stamp,
 )
-from workers.results.seg import Mask, ResultError, quiet_person_names
+from workers.results.seg import Mask, ResultError, building
 
 SC_SERIES_NUMBER = 9003
 BANNER = "AI RESULT \u2014 NOT FOR DIAGNOSIS"
@@ -143,27 +143,24 @@ def build_key_images(
         if values.shape != mask.labels.shape[1:]:
             raise ResultError(f"key image {uid}: pixel shape differs from the mask")
         rgb = render(values, mask.labels[k], manifest, _window(ds, values, manifest))
-        try:
-            with quiet_person_names():
-                sc = hd.sc.SCImage.from_ref_dataset(
-                    ref_dataset=ds,
-                    pixel_array=rgb,
-                    photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-                    bits_allocated=8,
-                    coordinate_system=hd.CoordinateSystemNames.PATIENT,
-                    series_instance_uid=series_uid,
-                    series_number=SC_SERIES_NUMBER,
-                    sop_instance_uid=derived_uid(
-                        "sc", manifest, list(mask.sop_instance_uids), str(count), str(number)
-                    ),
-                    instance_number=number,
-                    manufacturer=MANUFACTURER,
-                    patient_orientation=_orientation(ds, frame),
-                    transfer_syntax_uid="1.2.840.10008.1.2.1",
-                    contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
-                )
-        except (ValueError, TypeError) as exc:
-            raise ResultError(f"cannot build key image: {exc}") from None
+        with building("key image"):
+            sc = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=ds,
+                pixel_array=rgb,
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=series_uid,
+                series_number=SC_SERIES_NUMBER,
+                sop_instance_uid=derived_uid(
+                    "sc", manifest, list(mask.sop_instance_uids), str(count), str(number)
+                ),
+                instance_number=number,
+                manufacturer=MANUFACTURER,
+                patient_orientation=_orientation(ds, frame),
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
+                contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+            )
         sc.SeriesDescription = series_description("KEY IMAGES", manifest)
         # Type 2C in General Series; empty = unknown (the source did not say)
         sc.Laterality = getattr(ds, "Laterality", "")

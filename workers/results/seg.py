@@ -57,6 +57,17 @@ def quiet_person_names() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def building(what: str) -> Iterator[None]:
+    """Around a highdicom constructor: its PHI-quoting warning silenced, and its ValueError or
+    TypeError (the standard's constraints) turned into a ``ResultError`` naming the object."""
+    try:
+        with quiet_person_names():
+            yield
+    except (ValueError, TypeError) as exc:
+        raise ResultError(f"cannot build {what}: {exc}") from None
+
+
 def segment_descriptions(manifest: Manifest) -> list[hd.seg.SegmentDescription]:
     algorithm = algorithm_identification(manifest)
     return [
@@ -129,38 +140,35 @@ def build_seg(
             pixels = lut[pixels]  # values the manifest does not name become background
     source_uids = list(mask.sop_instance_uids)
     variant = (manifest.inference.seg_type, f"omit={omit_empty_frames}")
-    try:
-        with quiet_person_names():
-            seg = hd.seg.Segmentation(
-                source_images=list(sources),
-                pixel_array=pixels,
-                segmentation_type=(
-                    hd.seg.SegmentationTypeValues.FRACTIONAL
-                    if fractional
-                    else hd.seg.SegmentationTypeValues.BINARY
-                ),
-                segment_descriptions=segment_descriptions(manifest),
-                series_instance_uid=derived_uid("seg-series", manifest, source_uids, *variant),
-                series_number=SEG_SERIES_NUMBER,
-                sop_instance_uid=derived_uid("seg", manifest, source_uids, *variant),
-                instance_number=1,
-                manufacturer=MANUFACTURER,
-                manufacturer_model_name=manifest.name[:64],
-                software_versions=SOFTWARE,  # the model's is in the algorithm identification
-                device_serial_number="0",
-                series_description=series_description("SEG", manifest),
-                content_label="AI_SEG",
-                content_description=(
-                    f"{manifest.name} {manifest.version}: not for diagnostic use"
-                    if manifest.not_for_diagnostic_use
-                    else f"{manifest.name} {manifest.version}"
-                )[:64],
-                content_creator_name=None,
-                omit_empty_frames=omit_empty_frames,
-                workers=workers,
-                contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
-            )
-    except (ValueError, TypeError) as exc:
-        raise ResultError(f"cannot build SEG: {exc}") from None
+    with building("SEG"):
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=pixels,
+            segmentation_type=(
+                hd.seg.SegmentationTypeValues.FRACTIONAL
+                if fractional
+                else hd.seg.SegmentationTypeValues.BINARY
+            ),
+            segment_descriptions=segment_descriptions(manifest),
+            series_instance_uid=derived_uid("seg-series", manifest, source_uids, *variant),
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=derived_uid("seg", manifest, source_uids, *variant),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=manifest.name[:64],
+            software_versions=SOFTWARE,  # the model's is in the algorithm identification
+            device_serial_number="0",
+            series_description=series_description("SEG", manifest),
+            content_label="AI_SEG",
+            content_description=(
+                f"{manifest.name} {manifest.version}: not for diagnostic use"
+                if manifest.not_for_diagnostic_use
+                else f"{manifest.name} {manifest.version}"
+            )[:64],
+            content_creator_name=None,
+            omit_empty_frames=omit_empty_frames,
+            workers=workers,
+            contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+        )
     stamp(seg, at)
     return seg

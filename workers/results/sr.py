@@ -28,7 +28,7 @@ from workers.results.provenance import (
     series_description,
     stamp,
 )
-from workers.results.seg import ResultError, ordered_labels, quiet_person_names
+from workers.results.seg import ResultError, building, ordered_labels
 
 SR_SERIES_NUMBER = 9002
 MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
@@ -160,26 +160,23 @@ def build_sr(
     variant = (sr_class, str(seg.SOPInstanceUID))
     sources = [str(seg.SOPInstanceUID)]
     cls = hd.sr.Comprehensive3DSR if sr_class == "comprehensive3d" else hd.sr.ComprehensiveSR
-    try:
-        with quiet_person_names():
-            sr = cls(
-                evidence=[seg, key_image],
-                content=report,
-                series_instance_uid=derived_uid("sr-series", manifest, sources, *variant),
-                series_number=SR_SERIES_NUMBER,
-                sop_instance_uid=derived_uid("sr", manifest, sources, *variant),
-                instance_number=1,
-                manufacturer=MANUFACTURER,
-                is_complete=True,
-                is_final=False,
-                is_verified=False,  # VerificationFlag UNVERIFIED: nobody has read it yet
-                previous_versions=list(previous) or None,
-                series_description=series_description("SR", manifest),
-                manufacturer_model_name=manifest.name[:64],
-                software_versions=SOFTWARE,
-                contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
-            )
-    except (ValueError, TypeError) as exc:
-        raise ResultError(f"cannot build SR: {exc}") from None
+    with building("SR"):
+        sr = cls(
+            evidence=[seg, key_image],
+            content=report,
+            series_instance_uid=derived_uid("sr-series", manifest, sources, *variant),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=derived_uid("sr", manifest, sources, *variant),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,  # VerificationFlag UNVERIFIED: nobody has read it yet
+            previous_versions=list(previous) or None,
+            series_description=series_description("SR", manifest),
+            manufacturer_model_name=manifest.name[:64],
+            software_versions=SOFTWARE,
+            contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+        )
     stamp(sr, at)
     return sr
