@@ -135,7 +135,21 @@ class RuleSettings(_Section):
     priority: Literal["stat", "routine"] = "routine"
     select: Literal["most_slices", "thinnest_slices", "all"] = "most_slices"
     destinations: tuple[str, ...] = ()
+    confidence_map: bool = Field(
+        default=False,
+        description="also send the model's per-voxel confidence as a Parametric Map",
+    )
     match: RuleMatch = RuleMatch()
+
+
+# What a node with no [[rules]] does: CT series to the reference model shipped in models/.
+DEFAULT_RULES: tuple[RuleSettings, ...] = (
+    RuleSettings(
+        name="ct-tissue",
+        models=("ct-tissue",),
+        match=RuleMatch(modality=("CT",), min_slices=10),
+    ),
+)
 
 
 class JobSettings(_Section):
@@ -258,7 +272,9 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     models: ModelSettings = ModelSettings()
     export: ExportSettings = ExportSettings()
-    rules: tuple[RuleSettings, ...] = ()
+    rules: tuple[RuleSettings, ...] = Field(
+        default=DEFAULT_RULES, description="default: CT series to the ct-tissue reference model"
+    )
     destinations: tuple[DestinationSettings, ...] = ()
     profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
 
@@ -286,6 +302,9 @@ class Settings(BaseSettings):
         if not named:
             return self.destinations
         return tuple(d for d in self.destinations if d.name in named)
+
+    def rule(self, name: str) -> RuleSettings | None:
+        return next((r for r in self.rules if r.name == name), None)
 
     def destination(self, name: str) -> DestinationSettings | None:
         return next((d for d in self.destinations if d.name == name), None)

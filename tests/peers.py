@@ -156,9 +156,11 @@ def write_node_config(
     processes: int = 2,
     fsync: bool = True,
 ) -> Path:
-    """A TOML config for ``dicom-node serve`` on loopback, with its data under ``workdir``."""
+    """A TOML config for ``dicom-node serve`` on loopback, with its data under ``workdir``;
+    no rules unless ``extra`` gives some (not the default CT rule)."""
+    no_rules = "" if "[[rules]]" in extra else "rules = []\n"
     path.write_text(
-        f'[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = {processes}\n'
+        f'{no_rules}[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = {processes}\n'
         f'[storage]\nroot = "{workdir / "storage"}"\nmin_free_mb = 10\n'
         f"fsync = {str(fsync).lower()}\n"
         f'[database]\nurl = "sqlite:///{workdir / "index.db"}"\n{extra}'

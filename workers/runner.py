@@ -49,7 +49,8 @@ class WorkerContext:
         self.models = ModelCache(settings.models.root, settings.models.device)
 
 
-def job_input(engine: Engine, job_id: str, storage_root: Path) -> JobInput:
+def job_input(engine: Engine, job_id: str, settings: Settings) -> JobInput:
+    storage_root = settings.storage.root
     with engine.connect() as conn:
         job = conn.execute(select(Job).where(Job.id == job_id)).one()
         rows = conn.execute(
@@ -64,7 +65,9 @@ def job_input(engine: Engine, job_id: str, storage_root: Path) -> JobInput:
     if missing:
         raise Permanent(f"series {missing[0]} has no stored instances")
     series = tuple(SeriesInput(uid, tuple(sorted(paths))) for uid, paths in by_series.items())
-    return JobInput(job_id, job.attempts, job.model, series)
+    rule = settings.rule(job.rule)
+    confidence = rule is not None and rule.confidence_map
+    return JobInput(job_id, job.attempts, job.model, series, confidence=confidence)
 
 
 class Heartbeat(threading.Thread):
@@ -108,7 +111,7 @@ def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
     with Heartbeat(ctx, job_id, worker):
         try:
             summary = run(
-                job_input(ctx.engine, job_id, settings.storage.root),
+                job_input(ctx.engine, job_id, settings),
                 ctx.models,
                 settings.results_root,
             )
@@ -183,6 +186,7 @@ def results(ctx: WorkerContext, job_id: str, summary: dict[str, Any]) -> dict[st
         source_paths(ctx.engine, job_id, settings.storage.root),
         at=utcnow(),
         previous=previous_reports(ctx.engine, job_id),
+        confidence=bool(summary.get("confidence_map")),
     )
 
 

@@ -333,6 +333,40 @@ def models_list(as_json: JsonOption = False, config: ConfigOption = None) -> Non
     raise typer.Exit(0 if all(r["status"] == "ok" for r in rows) else 1)
 
 
+@models_app.command("evaluate")
+def models_evaluate(
+    model: Annotated[str, typer.Argument(help="A model under [models] root.")],
+    *,
+    cases: Annotated[Path, typer.Option("--cases", help="Folder of DICOM image series.")],
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Folder of reference DICOM SEGs; default: the labeler."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Report folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run MODEL on local cases: per label Dice, sensitivity, specificity and volume difference
+    against reference SEGs (or the model's classical labeler). Prints a table, writes JSON + PNG."""
+    from dicom_node.errors import Permanent  # noqa: PLC0415
+    from workers import evaluate as ev  # noqa: PLC0415 - torch only for this command
+    from workers.inference.runners import ModelCache  # noqa: PLC0415
+
+    settings = _settings(config)
+    try:
+        loaded = ModelCache(settings.models.root, device or settings.models.device).get(model)
+        series = ev.find_cases(cases)
+        references = ev.find_references(reference) if reference is not None else None
+        with typer.progressbar(length=len(series), label="evaluating", file=sys.stderr) as bar:
+            report = ev.evaluate(loaded, series, references, progress=lambda _: bar.update(1))
+    except Permanent as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(1) from None
+    json_path, png_path = ev.write_report(report, out or Path(f"evaluation-{model}"))
+    typer.echo(ev.table(report))
+    typer.echo(f"wrote {json_path} and {png_path}")
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
     """Apply the index migrations."""

@@ -31,7 +31,7 @@ from dicom_node.jobs.service import transition_job
 from dicom_node.settings import DestinationSettings
 from dicom_node.storage.index import insert_ignore
 
-KIND_ORDER = {"seg": 0, "sr": 1, "sc": 2}  # an SR after the SEG it references
+KIND_ORDER = {"seg": 0, "pm": 1, "sr": 2, "sc": 3}  # an SR after the SEG it references
 _AUDIT = {
     ExportState.PENDING: AuditEventType.EXPORT_PENDING,
     ExportState.SENDING: AuditEventType.EXPORT_SENDING,

@@ -44,6 +44,8 @@ def test_broker_password_is_masked() -> None:
         ),
         (lambda t: t.replace('kind = "torchscript"', 'kind = "state_dict"'), "needs architecture"),
         (lambda t: t + "oops = ", "invalid"),
+        (lambda t: 'teacher = "labeler.py"\n' + t, "teacher"),
+        (lambda t: t + '[postprocessing]\nmask = "os.system(1)"\n', "postprocessing.mask"),
     ],
 )
 def test_invalid_manifests_are_refused_with_the_reason(

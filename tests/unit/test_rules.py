@@ -128,3 +128,19 @@ def test_bad_rule_regex_names_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(SettingsError, match=r"invalid setting rules\.0\.match\.series_description"):
         load_settings(cfg)
+
+
+def test_the_default_rule_sends_ct_series_to_the_shipped_reference_model() -> None:
+    """No [[rules]] in the config: CT series of 10+ slices go to ct-tissue; MR, localizers and
+    a 3-slice scout do not. A config with its own rules replaces the default entirely."""
+    [rule] = load_settings().rules
+    assert rule.models == ("ct-tissue",) and not rule.confidence_map
+    assert refusal(rule.match, series("ct")) is None
+    assert refusal(rule.match, series("mr", modality="MR")) == "Modality MR not in ['CT']"
+    assert refusal(rule.match, series("few", instances=3)) == "slice count 3 outside [10, ]"
+    assert "LOCALIZER" in str(
+        refusal(rule.match, series("loc", image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")))
+    )
+    [outcome] = evaluate(load_settings().rules, [series("ct"), series("mr", modality="MR")])
+    assert outcome.models == ("ct-tissue",) and outcome.chosen == ("ct",)
+    assert load_settings(rules=[]).rules == ()

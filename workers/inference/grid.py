@@ -11,6 +11,7 @@ model sees the sheared grid exactly as acquired, and the output lands on the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -118,22 +119,35 @@ def argmax_channels(probs: torch.Tensor) -> torch.Tensor:
     return labels
 
 
+class SourceMaps(NamedTuple):
+    labels: np.ndarray  # uint8 [slices, rows, columns]
+    kept: np.ndarray | None  # uint8 [channels, slices, rows, columns], 255 = 1.0
+    confidence: np.ndarray | None  # uint8 [slices, rows, columns], 255 = 1.0
+
+
+def _as_uint8(p: torch.Tensor) -> np.ndarray:
+    return (p.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
 def to_source(
     probabilities: torch.Tensor,
     grid: ModelGrid,
     *,
     sigmoid_label: int | None = None,
     keep_channels: tuple[int, ...] = (),
+    confidence: bool = False,
     chunk: int = 16,
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> SourceMaps:
     """Per-source-frame labels (uint8 [slices, rows, columns]) from model-grid probabilities
     [1, C, d, h, w]: interpolated back onto each source frame, then argmax (or > 0.5 for a
     single sigmoid channel, which becomes ``sigmoid_label``). With ``keep_channels``, also
-    those channels' probabilities on the source frames, as uint8 (255 = 1.0), for FRACTIONAL."""
+    those channels' probabilities on the source frames, for FRACTIONAL; with ``confidence``,
+    the probability of the chosen class (max softmax; max(p, 1 - p) for a sigmoid)."""
     n, rows, cols = grid.source_shape
     probs = probabilities[0]
     out = np.empty((n, rows, cols), dtype=np.uint8)
     kept = np.empty((len(keep_channels), n, rows, cols), dtype=np.uint8) if keep_channels else None
+    sure = np.empty((n, rows, cols), dtype=np.uint8) if confidence else None
     identity = _exact_identity(grid.model_index) and grid.shape[0] == n
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -151,6 +165,8 @@ def to_source(
             labels = argmax_channels(part)
         out[start:stop] = labels.cpu().numpy()
         if kept is not None:
-            chosen = part[list(keep_channels)].clamp(0, 1) * 255
-            kept[:, start:stop] = chosen.round().to(torch.uint8).cpu().numpy()
-    return out, kept
+            kept[:, start:stop] = _as_uint8(part[list(keep_channels)])
+        if sure is not None:
+            top = torch.maximum(part[0], 1 - part[0]) if sigmoid_label is not None else part.amax(0)
+            sure[start:stop] = _as_uint8(top)
+    return SourceMaps(out, kept, sure)

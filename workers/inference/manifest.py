@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from dicom_node.errors import Permanent
 
 MANIFEST = "manifest.toml"
+CALLABLE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"  # module:function
 Triple = tuple[float, float, float]
 
 
@@ -80,6 +81,15 @@ class Inference(_Part):
     )
 
 
+class Postprocessing(_Part):
+    mask: str | None = Field(
+        default=None,
+        pattern=CALLABLE,
+        description="module:function, source intensities -> bool region; labels outside it are "
+        "cleared (e.g. a classical body mask)",
+    )
+
+
 class Finding(_Part):
     """A qualitative evaluation in the SR (``[[findings]]``): ``name`` is Present in a segment
     whose volume and highest probability reach the thresholds, else Absent."""
@@ -117,12 +127,19 @@ class Manifest(_Part):
     selection: Selection = Selection()
     preprocessing: Preprocessing = Preprocessing()
     inference: Inference = Inference()
+    postprocessing: Postprocessing = Postprocessing()
     labels: tuple[Label, ...] = Field(min_length=1)
     outputs: tuple[Literal["seg", "measurements", "findings"], ...] = ("seg",)
     findings: tuple[Finding, ...] = ()
     runner: Runner
     resources: Resources = Resources()
     not_for_diagnostic_use: bool = True
+    teacher: str | None = Field(
+        default=None,
+        pattern=CALLABLE,
+        description="module:function, (intensities, spacing) -> labels: the classical labeler "
+        "`dicom-node models evaluate` compares against when a site has no reference SEGs",
+    )
 
     @model_validator(mode="after")
     def _labels_distinct(self) -> Manifest:

@@ -24,9 +24,16 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from dicom_node.errors import Transient
-from workers.inference.grid import plan_grid, source_spacing, to_model_grid, to_source
+from workers.inference.grid import (
+    ModelGrid,
+    SourceMaps,
+    plan_grid,
+    source_spacing,
+    to_model_grid,
+    to_source,
+)
 from workers.inference.manifest import Manifest
-from workers.inference.runners import LoadedModel, ModelCache
+from workers.inference.runners import LoadedModel, ModelCache, import_object
 from workers.inference.volume import Volume, load_series
 
 OOM_RETRIES = 3
@@ -45,6 +52,7 @@ class JobInput:
     attempt: int
     model: str
     series: tuple[SeriesInput, ...]
+    confidence: bool = False  # keep the per-voxel confidence (the rule's confidence_map)
 
 
 def normalise(x: torch.Tensor, manifest: Manifest) -> torch.Tensor:
@@ -149,10 +157,23 @@ def _fsync_write(path: Path, write: Callable[[Any], None]) -> None:
         os.fsync(f.fileno())
 
 
-def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Prediction:
+    """One series through the model, mapped back onto its source frames."""
+
+    volume: Volume
+    grid: ModelGrid
+    maps: SourceMaps
+    max_probability: dict[int, float]  # per label value, anywhere in the volume
+    timings_s: dict[str, float]
+
+
+def predict(model: LoadedModel, paths: tuple[Path, ...], *, confidence: bool = False) -> Prediction:
+    """Load, resample, normalise, infer and map back: what the node does with a series, also
+    used by ``dicom-node models evaluate``."""
     manifest = model.manifest
     t0 = time.perf_counter()
-    volume = load_series(series.paths)
+    volume = load_series(paths)
     t1 = time.perf_counter()
     grid = plan_grid(volume, manifest.preprocessing.target_spacing_mm)
     x = normalise(to_model_grid(volume, grid, model.device), manifest)
@@ -165,7 +186,7 @@ def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[s
     channels = label_channels(manifest)
     max_probability = {value: float(probs[0, c].max()) for value, c in channels.items()}
     fractional = manifest.inference.seg_type == "fractional"
-    labels, kept = to_source(
+    maps = to_source(
         probs,
         grid,
         sigmoid_label=sigmoid_label,
@@ -174,8 +195,22 @@ def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[s
         )
         if fractional
         else (),
+        confidence=confidence,
     )
+    if manifest.postprocessing.mask is not None:
+        region = import_object(manifest.postprocessing.mask, "postprocessing mask")(volume.array)
+        maps.labels[~np.asarray(region, dtype=bool)] = 0
     t4 = time.perf_counter()
+    timings = {"load": t1 - t0, "preprocess": t2 - t1, "forward": t3 - t2, "postprocess": t4 - t3}
+    return Prediction(volume, grid, maps, max_probability, timings)
+
+
+def run_series(
+    model: LoadedModel, series: SeriesInput, out_dir: Path, *, confidence: bool = False
+) -> dict[str, Any]:
+    manifest = model.manifest
+    found = predict(model, series.paths, confidence=confidence)
+    volume, grid, (labels, kept, sure) = found.volume, found.grid, found.maps
     mask = out_dir / f"mask-{series.series_uid}.npz"
     arrays: dict[str, np.ndarray] = {
         "labels": labels,
@@ -185,6 +220,8 @@ def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[s
     }
     if kept is not None:
         arrays["probabilities"] = kept
+    if sure is not None:
+        arrays["confidence"] = sure
     _fsync_write(mask, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
     return {
         "series_uid": series.series_uid,
@@ -196,13 +233,8 @@ def run_series(model: LoadedModel, series: SeriesInput, out_dir: Path) -> dict[s
         "model_spacing_mm": list(grid.spacing_mm),
         "tilt_deg": volume.tilt_deg,
         "uniform": volume.uniform,
-        "labels": measure(volume, labels, manifest, max_probability),
-        "timings_s": {
-            "load": t1 - t0,
-            "preprocess": t2 - t1,
-            "forward": t3 - t2,
-            "postprocess": t4 - t3,
-        },
+        "labels": measure(volume, labels, manifest, found.max_probability),
+        "timings_s": found.timings_s,
     }
 
 
@@ -214,7 +246,7 @@ def run(job: JobInput, cache: ModelCache, results_root: Path) -> dict[str, Any]:
     temp = job_dir / f".attempt-{job.attempt}.tmp"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
-    series = [run_series(model, s, temp) for s in job.series]
+    series = [run_series(model, s, temp, confidence=job.confidence) for s in job.series]
     summary = {
         "model": model.manifest.name,
         "version": model.manifest.version,
@@ -222,6 +254,7 @@ def run(job: JobInput, cache: ModelCache, results_root: Path) -> dict[str, Any]:
         "device": str(model.device),
         "attempt": job.attempt,
         "path": str(final),
+        "confidence_map": job.confidence,
         "series": series,
     }
     _fsync_write(temp / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))

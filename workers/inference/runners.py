@@ -53,12 +53,13 @@ def _checked_weights(manifest: Manifest, folder: Path) -> Path:
     return path
 
 
-def _import(spec: str) -> Any:
+def import_object(spec: str, what: str = "architecture") -> Any:
+    """``module:name`` from a manifest; a ModelError naming it when it cannot be imported."""
     module_name, _, attr = spec.partition(":")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise ModelError(f"cannot import architecture {spec!r}: {exc}") from None
+        raise ModelError(f"cannot import {what} {spec!r}: {exc}") from None
 
 
 def _state_dict_module(path: Path, architecture: Any, args: dict[str, Any]) -> torch.nn.Module:
@@ -113,7 +114,7 @@ def load_model(manifest: Manifest, folder: Path, device: torch.device) -> Loaded
     elif runner.kind == "state_dict":
         assert runner.architecture is not None  # noqa: S101 - the manifest validator ensures it
         module = _state_dict_module(
-            weights, _import(runner.architecture), dict(runner.architecture_args)
+            weights, import_object(runner.architecture), dict(runner.architecture_args)
         )
     else:
         module = _bundle_module(manifest, folder, weights)

@@ -1,4 +1,4 @@
-"""⑤b results: a job's masks -> SEG, SR and key images per destination profile, validated.
+"""⑤b results: a job's masks -> SEG, SR, key images (and confidence maps) per profile, validated.
 
 Objects are built once per variant (a SEG with and without empty frames is two objects, with two
 UIDs) and shared by every profile that wants that variant. Each is written atomically under
@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from dicom_node.settings import ProfileSettings
 from workers.inference.manifest import Manifest
 from workers.results.keyimages import build_key_images
+from workers.results.pmap import build_confidence_map
 from workers.results.seg import Mask, ResultError, build_seg
 from workers.results.sr import build_sr
 
@@ -38,6 +39,7 @@ def load_mask(path: Path) -> Mask:
         sop_instance_uids=tuple(str(u) for u in saved["sop_instance_uids"]),
         frame_numbers=tuple(int(n) for n in saved["frame_numbers"]),
         probabilities=saved["probabilities"] if "probabilities" in saved.files else None,
+        confidence=saved["confidence"] if "confidence" in saved.files else None,
     )
 
 
@@ -100,6 +102,35 @@ def _entry(kind: str, path: Path, ds: Dataset, series_uid: str) -> dict[str, str
     }
 
 
+def _key_images(
+    sources: Mapping[str, Dataset],
+    source_paths: Mapping[str, Path],
+    mask: Mask,
+    manifest: Manifest,
+    *,
+    folder: Path,
+    series_uid: str,
+    count: int,
+    weights_sha256: str,
+    at: datetime,
+) -> list[dict[str, str]]:
+    images = build_key_images(
+        dict(sources),
+        dict(source_paths),
+        mask,
+        manifest,
+        count=count,
+        weights_sha256=weights_sha256,
+        at=at,
+    )
+    entries = []
+    for sc in images:
+        path = write_object(sc, folder, "sc")
+        validate(path, "sc", set(source_paths))
+        entries.append(_entry("sc", path, sc, series_uid))
+    return entries
+
+
 def build_results(
     summary: dict[str, Any],
     manifest: Manifest,
@@ -109,16 +140,18 @@ def build_results(
     at: datetime,
     previous: Mapping[str, Sequence[Path]] | None = None,
     workers: int = 0,
+    confidence: bool = False,
 ) -> dict[str, Any]:
     """Objects per profile name, plus build timings. ``previous``: per profile, the SR files of
-    the results these replace (``PredecessorDocumentsSequence``)."""
+    the results these replace (``PredecessorDocumentsSequence``). ``confidence``: a Parametric
+    Map of the model's confidence goes with every SEG (the rule's ``confidence_map``)."""
     job_dir = Path(summary["path"])
     folder = job_dir / OBJECTS
     weights = summary.get("weights_sha256", "")
     per_profile: dict[str, list[dict[str, str]]] = {name: [] for name in profiles}
     built: dict[tuple[str, ...], tuple[Dataset, dict[str, str]]] = {}
     key_images: dict[tuple[str, int], list[dict[str, str]]] = {}
-    timings = {"seg": 0.0, "sr": 0.0, "sc": 0.0, "validate": 0.0}
+    timings = {"seg": 0.0, "pm": 0.0, "sr": 0.0, "sc": 0.0, "validate": 0.0}
     if "seg" not in manifest.outputs:
         return {"objects": per_profile, "timings_s": timings}
 
@@ -162,6 +195,21 @@ def build_results(
                         ),
                     )
                 )
+                if confidence:
+                    per_profile[name].append(
+                        once(
+                            ("pm", suid),
+                            "pm",
+                            partial(
+                                build_confidence_map,
+                                [sources[u] for u in uids],
+                                mask,
+                                manifest,
+                                weights_sha256=weights,
+                                at=at,
+                            ),
+                        )
+                    )
                 wants_sr = {"measurements", "findings"} & set(manifest.outputs)
                 if profile.sr and wants_sr:
                     seg = built[seg_key][0]
@@ -188,24 +236,20 @@ def build_results(
                         )
                     )
             if profile.key_images:
-                t0 = time.perf_counter()
                 key = (suid, profile.key_images)
                 if key not in key_images:
-                    images = build_key_images(
+                    t0 = time.perf_counter()
+                    key_images[key] = _key_images(
                         sources,
-                        dict(source_paths),
+                        source_paths,
                         mask,
                         manifest,
+                        folder=folder,
+                        series_uid=suid,
                         count=profile.key_images,
                         weights_sha256=weights,
                         at=at,
                     )
-                    entries = []
-                    for sc in images:
-                        path = write_object(sc, folder, "sc")
-                        validate(path, "sc", set(source_paths))
-                        entries.append(_entry("sc", path, sc, suid))
-                    key_images[key] = entries
                     timings["sc"] += time.perf_counter() - t0
                 per_profile[name].extend(key_images[key])
     return {"objects": per_profile, "timings_s": timings}

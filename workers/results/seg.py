@@ -46,6 +46,7 @@ class Mask:
     sop_instance_uids: tuple[str, ...]
     frame_numbers: tuple[int, ...]  # 1-based for multi-frame sources, 0 for single-frame
     probabilities: np.ndarray | None = None  # uint8 [labels, frames, rows, columns], 255 = 1.0
+    confidence: np.ndarray | None = None  # uint8 [frames, rows, columns]: max probability
 
 
 @contextmanager
@@ -89,7 +90,7 @@ def ordered_labels(manifest: Manifest) -> list:  # type: ignore[type-arg]
     return sorted(manifest.labels, key=lambda x: x.value)
 
 
-def _frame_order(mask: Mask, sources: Sequence[Dataset]) -> np.ndarray:
+def frame_order(mask: Mask, sources: Sequence[Dataset]) -> np.ndarray:
     """Index into the mask for each source frame, in the order highdicom expects: the sources'
     order for single-frame instances, frame-number order for one multi-frame instance."""
     if len(sources) == 1 and int(getattr(sources[0], "NumberOfFrames", 1) or 1) > 1:
@@ -117,7 +118,7 @@ def build_seg(
     workers: int = 0,
 ) -> hd.seg.Segmentation:
     """``sources``: the single-frame instances of one series, or its one multi-frame instance."""
-    order = _frame_order(mask, sources)
+    order = frame_order(mask, sources)
     labels = ordered_labels(manifest)
     fractional = manifest.inference.seg_type == "fractional"
     if fractional:
