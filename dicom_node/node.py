@@ -11,7 +11,9 @@
 5. infer and build results: a worker runs the model, builds SEG/SR (``workers.results``), and
    makes the job RESULTS_READY together with its outbox rows;
 6. export: one sender per destination (``dicom_node.export``) C-STOREs the rows, with backoff
-   and a circuit, until each is DELIVERED or visibly FAILED.
+   and a circuit, until each is DELIVERED or visibly FAILED;
+7. admin: the web UI, its JSON API and /metrics (``dicom_node.web``) on ``[admin] port``, read
+   from the index; an admin's action wakes the dispatcher and the senders.
 """
 
 from __future__ import annotations
@@ -123,6 +125,16 @@ class Node:
         sweeper.start()
         exporter = Exporter(prepared.engine, self.settings)
         exporter.start()
+        admin = None
+        if self.settings.admin.enabled:
+            from dicom_node.web.server import AdminServer  # noqa: PLC0415 - FastAPI on demand
+
+            def on_change() -> None:
+                dispatcher.wake()
+                exporter.wake()
+
+            admin = AdminServer(self.settings, prepared.engine, on_change)
+            admin.start_and_wait()
         index = Index(prepared.engine)
         self._children = [self._spawn() for _ in range(self.processes)]
         node = self.settings.node
@@ -148,6 +160,8 @@ class Node:
                     embedded.supervise()
                 except Exception:
                     log.exception("supervise_failed")
+        if admin is not None:
+            admin.stop()
         sweeper.stop()
         exporter.stop()
         dispatcher.stop()

@@ -245,6 +245,26 @@ class ExportSettings(_Section):
     jitter: float = Field(default=0.2, ge=0, lt=1, description="backoff x uniform(1-j, 1+j)")
 
 
+class AdminSettings(_Section):
+    """The admin web UI and JSON API (served by ``dicom-node serve``), and /metrics."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="loopback: put a TLS proxy in front")
+    port: int = Field(default=8080, ge=1, le=65535)
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="signs session cookies; default: a random one kept (0600) in the storage root",
+    )
+    session_max_age_s: float = Field(default=8 * 3600, gt=0)
+    secure_cookies: bool = Field(default=False, description="true behind an HTTPS proxy")
+    metrics_token: SecretStr | None = Field(
+        default=None, description="when set, /metrics needs 'Authorization: Bearer TOKEN'"
+    )
+    show_accession: bool = Field(
+        default=False, description="show accession numbers in the UI (default: their hash)"
+    )
+
+
 class LoggingSettings(_Section):
     """JSON logs on stderr; never patient names or IDs."""
 
@@ -272,6 +292,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = QueueSettings()
     models: ModelSettings = ModelSettings()
     export: ExportSettings = ExportSettings()
+    admin: AdminSettings = AdminSettings()
     rules: tuple[RuleSettings, ...] = Field(
         default=DEFAULT_RULES, description="default: CT series to the ct-tissue reference model"
     )

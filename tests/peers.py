@@ -157,8 +157,11 @@ def write_node_config(
     fsync: bool = True,
 ) -> Path:
     """A TOML config for ``dicom-node serve`` on loopback, with its data under ``workdir``;
-    no rules unless ``extra`` gives some (not the default CT rule)."""
+    no rules unless ``extra`` gives some (not the default CT rule), no admin UI unless it has
+    an ``[admin]`` table."""
     no_rules = "" if "[[rules]]" in extra else "rules = []\n"
+    if "[admin]" not in extra:  # tests run nodes side by side: no UI unless one asks for it
+        extra += "\n[admin]\nenabled = false\n"
     path.write_text(
         f'{no_rules}[node]\nhost = "127.0.0.1"\nport = {port}\nscp_processes = {processes}\n'
         f'[storage]\nroot = "{workdir / "storage"}"\nmin_free_mb = 10\n'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +28,12 @@ exports_app = typer.Typer(help="The export outbox: result objects x destinations
 app.add_typer(exports_app, name="exports")
 destinations_app = typer.Typer(help="Result destinations ([[destinations]]) and their circuits.")
 app.add_typer(destinations_app, name="destinations")
+jobs_app = typer.Typer(help="Inference jobs: list, retry, cancel.")
+app.add_typer(jobs_app, name="jobs")
+users_app = typer.Typer(no_args_is_help=True, help="Admin UI/API accounts (admin or viewer).")
+app.add_typer(users_app, name="users")
+audit_app = typer.Typer(help="The audit log: every state change and admin action.")
+app.add_typer(audit_app, name="audit")
 
 ConfigOption = Annotated[
     Path | None,
@@ -112,9 +119,11 @@ def studies(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOptio
         )
 
 
-@app.command()
-def jobs(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+@jobs_app.callback(invoke_without_command=True)
+def jobs(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Inference jobs, newest first, with their state and attempts."""
+    if ctx.invoked_subcommand is not None:
+        return
     from dicom_node.admin.queries import list_jobs  # noqa: PLC0415
 
     rows = list_jobs(_engine(_settings(config)))
@@ -164,18 +173,36 @@ def exports(
 def exports_resend(
     export_id: Annotated[str | None, typer.Argument(help="One outbox row.")] = None,
     job: Annotated[str | None, typer.Option("--job", help="Every row of this job.")] = None,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Bulk: every FAILED row (with --destination, its).")
+    ] = False,
+    destination: Annotated[str | None, typer.Option("--destination")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Send DELIVERED or FAILED rows again (attempts from zero). Recorded in the audit log."""
-    if (export_id is None) == (job is None):
-        typer.echo("dicom-node: give an export ID or --job JOB", err=True)
+    if sum((export_id is not None, job is not None, failed)) != 1:
+        typer.echo("dicom-node: give an export ID, --job JOB or --failed", err=True)
         raise typer.Exit(2)
-    from dicom_node.export.outbox import resend  # noqa: PLC0415
+    from dicom_node.admin.actions import resend  # noqa: PLC0415
+    from dicom_node.admin.queries import list_exports  # noqa: PLC0415
 
-    moved = resend(_engine(_settings(config)), export_id=export_id, job_id=job, actor="cli")
-    if not moved:
-        typer.echo("nothing to resend: no DELIVERED or FAILED row matches", err=True)
-        raise typer.Exit(1)
+    engine = _engine(_settings(config))
+    actor = _actor()
+    if not failed:
+        moved = _run_action(lambda: resend(engine, actor, export_id=export_id, job_id=job))
+    else:
+        rows = [
+            r
+            for r in list_exports(engine, state="FAILED", limit=1_000_000)
+            if destination is None or r["destination"] == destination
+        ]
+        moved = []
+        with typer.progressbar(rows, label="resending", file=sys.stderr) as bar:
+            for r in bar:
+                moved += resend(engine, actor, export_id=r["export_id"])
+        if not moved:
+            typer.echo("nothing to resend: no FAILED row matches", err=True)
+            raise typer.Exit(1)
     typer.echo(f"{len(moved)} export(s) back to PENDING: " + " ".join(moved))
 
 
@@ -219,15 +246,11 @@ def destinations(
 @destinations_app.command("echo")
 def destinations_echo(name: str, config: ConfigOption = None) -> None:
     """C-ECHO one destination with its own settings (TLS included)."""
-    from dicom_node.export.scu import echo as scu_echo  # noqa: PLC0415
+    from dicom_node.admin.actions import echo_destination  # noqa: PLC0415
 
     settings = _settings(config)
-    dest = settings.destination(name)
-    if dest is None:
-        typer.echo(f"dicom-node: no destination {name!r}", err=True)
-        raise typer.Exit(2)
-    error = scu_echo(dest, dest.calling_ae or settings.node.ae_title)
-    typer.echo(error or f"C-ECHO {dest.ae_title}@{dest.host}:{dest.port}: Success")
+    error = _run_action(lambda: echo_destination(_engine(settings), settings, name, _actor()))
+    typer.echo(error or f"C-ECHO {name}: Success")
     raise typer.Exit(1 if error else 0)
 
 
@@ -372,6 +395,215 @@ def db_upgrade(config: ConfigOption = None) -> None:
     """Apply the index migrations."""
     _engine(_settings(config))
     typer.echo("index is at the latest revision")
+
+
+# --- admin actions (the same functions the web UI calls; audited with the OS user's name) ----
+
+
+def _actor() -> str:
+    """The audit log's actor for a CLI action: the OS account that ran it."""
+    import getpass  # noqa: PLC0415
+
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _run_action(do: Any) -> Any:
+    from dicom_node.admin.actions import ActionError, NotFoundError  # noqa: PLC0415
+
+    try:
+        return do()
+    except NotFoundError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ActionError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        import sys  # noqa: PLC0415
+
+        return sys.stdin.readline().rstrip("\n")
+    value: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return value
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    role: Annotated[str, typer.Option("--role", help="admin (may act) or viewer")] = "viewer",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an account (the first admin: `dicom-node users add NAME --role admin`)."""
+    from dicom_node.admin.users import Role, UserError, add_user  # noqa: PLC0415
+
+    if role not in {str(r) for r in Role}:
+        typer.echo("dicom-node: --role is admin or viewer", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    try:
+        add_user(_engine(settings), name, _new_password(password_stdin), Role(role), actor=_actor())
+    except UserError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"user {name} added ({role})")
+
+
+@users_app.command("set")
+def users_set(
+    name: str,
+    *,
+    role: Annotated[str | None, typer.Option("--role", help="admin or viewer")] = None,
+    password: Annotated[bool, typer.Option("--password", help="Prompt for a new one.")] = False,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    disable: Annotated[bool | None, typer.Option("--disable/--enable")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Change a role, a password, or disable an account (its sessions end at once)."""
+    from dicom_node.admin.users import Role, UserError, change_user  # noqa: PLC0415
+
+    new = _new_password(password_stdin) if (password or password_stdin) else None
+    try:
+        change_user(
+            _engine(_settings(config)),
+            name,
+            password=new,
+            role=Role(role) if role else None,
+            disabled=disable,
+            actor=_actor(),
+        )
+    except (UserError, ValueError) as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"user {name} changed")
+
+
+@users_app.command("list")
+def users_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """Accounts and their roles (never a password or its hash)."""
+    from dicom_node.admin.users import list_users  # noqa: PLC0415
+
+    rows = list_users(_engine(_settings(config)))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        state = "disabled" if r["disabled"] else "enabled"
+        typer.echo(f"{r['name']:<24} {r['role']:<7} {state:<9} last login {r['last_login_at']}")
+
+
+@studies_app.command("force-complete")
+def studies_force_complete(uid: str, config: ConfigOption = None) -> None:
+    """Mark a study still receiving COMPLETE now; its jobs are queued."""
+    from dicom_node.admin.actions import force_complete  # noqa: PLC0415
+
+    settings = _settings(config)
+    jobs = _run_action(lambda: force_complete(_engine(settings), settings, uid, _actor()))
+    typer.echo(f"study {uid} COMPLETE; {len(jobs)} job(s) queued: " + " ".join(jobs))
+
+
+@studies_app.command("rerun")
+def studies_rerun(uid: str, config: ConfigOption = None) -> None:
+    """New jobs for a COMPLETE study, as if it completed now."""
+    from dicom_node.admin.actions import rerun  # noqa: PLC0415
+
+    settings = _settings(config)
+    jobs = _run_action(lambda: rerun(_engine(settings), settings, uid, _actor()))
+    typer.echo(f"{len(jobs)} job(s) queued: " + " ".join(jobs))
+
+
+@jobs_app.command("retry")
+def jobs_retry(job_id: str, config: ConfigOption = None) -> None:
+    """A FAILED or CANCELLED job back to QUEUED (attempts from zero)."""
+    from dicom_node.admin.actions import retry_job  # noqa: PLC0415
+
+    _run_action(lambda: retry_job(_engine(_settings(config)), job_id, _actor()))
+    typer.echo(f"job {job_id} QUEUED")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, config: ConfigOption = None) -> None:
+    """A QUEUED or RUNNING job to CANCELLED (a running worker's results are refused)."""
+    from dicom_node.admin.actions import cancel_job  # noqa: PLC0415
+
+    _run_action(lambda: cancel_job(_engine(_settings(config)), job_id, _actor()))
+    typer.echo(f"job {job_id} CANCELLED")
+
+
+@audit_app.callback(invoke_without_command=True)
+def audit(
+    ctx: typer.Context,
+    *,
+    event: Annotated[
+        str | None, typer.Option("--event", help="job.failed, or a prefix: job.")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="The actor.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study Instance UID.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="YYYY-MM-DD")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="YYYY-MM-DD, inclusive")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 500,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV, as the web UI exports it.")] = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Audit events, newest first, with the same filters as the web UI."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from datetime import date  # noqa: PLC0415
+
+    from dicom_node.admin.reports import AuditFilter, audit_csv  # noqa: PLC0415
+    from dicom_node.admin.reports import audit as audit_rows  # noqa: PLC0415
+
+    try:
+        flt = AuditFilter(
+            event_type=event,
+            actor=user,
+            study_uid=study,
+            since=date.fromisoformat(since) if since else None,
+            until=date.fromisoformat(until) if until else None,
+            limit=limit,
+        )
+    except ValueError as exc:
+        typer.echo(f"dicom-node: dates are YYYY-MM-DD ({exc})", err=True)
+        raise typer.Exit(2) from exc
+    rows = audit_rows(_engine(_settings(config)), flt)
+    if as_csv:
+        typer.echo(audit_csv(rows), nl=False)
+    elif as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            typer.echo(
+                f"{r['at'][:19]} {r['event']:<26} {r['actor']:<14} {r['study_uid'] or '-'} "
+                f"{json.dumps(r['details'], sort_keys=True)}"
+            )
+
+
+@db_app.command("reindex")
+def db_reindex(config: ConfigOption = None) -> None:
+    """Walk the storage root and index every stored file the index lacks (what start-up does
+    after a crash), with a progress bar."""
+    from dicom_node.db.migrate import upgrade  # noqa: PLC0415
+    from dicom_node.storage.paths import StorageLayout  # noqa: PLC0415
+    from dicom_node.storage.recovery import recover  # noqa: PLC0415
+
+    settings = _settings(config)
+    upgrade(settings.database.url.get_secret_value())
+    layout = StorageLayout(settings.storage.root)
+    total = sum(len(files) for _d, _s, files in os.walk(layout.instances))
+    with typer.progressbar(length=total, label="re-indexing", file=sys.stderr) as bar:
+        report = recover(layout, _engine(settings), progress=bar.update)
+    typer.echo(
+        f"indexed {len(report.indexed)}, quarantined {len(report.quarantined)}, "
+        f"partial files removed {report.partial_removed}"
+    )
 
 
 def main() -> None:

@@ -37,6 +37,12 @@ class AuditEventType(enum.StrEnum):
     DESTINATION_CIRCUIT_OPENED = "destination.circuit_opened"
     DESTINATION_PROBE_FAILED = "destination.probe_failed"
     DESTINATION_CIRCUIT_CLOSED = "destination.circuit_closed"
+    DESTINATION_ECHO = "destination.echo"
+    USER_ADDED = "user.added"
+    USER_CHANGED = "user.changed"
+    USER_LOGIN = "user.login"
+    USER_LOGIN_FAILED = "user.login_failed"
+    USER_LOGOUT = "user.logout"
 
 
 def record(

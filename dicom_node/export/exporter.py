@@ -30,18 +30,18 @@ class DestinationSender(threading.Thread):
         self.engine, self.settings, self.dest = engine, settings, dest
         self.calling_ae = dest.calling_ae or settings.node.ae_title
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._wake.set()
 
     def run(self) -> None:
         outbox.circuit(self.engine, self.dest.name)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 busy = self.pass_once()
             except Exception:

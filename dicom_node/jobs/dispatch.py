@@ -34,18 +34,18 @@ class Dispatcher(threading.Thread):
         self.settings = settings
         self.publish = publish
         self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._broker_down = False
 
     def wake(self) -> None:
         self._wake.set()
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self._wake.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 self.pass_once()
             except Exception:

@@ -44,8 +44,13 @@ _STAMP = {
 }
 
 
-def input_key(model: str, rule: str, sop_instance_uids: Sequence[str]) -> str:
+def input_key(
+    model: str, rule: str, sop_instance_uids: Sequence[str], *, rerun: str | None = None
+) -> str:
+    """The job's identity; an admin's re-run salts it with its own id, so it is a new job."""
     digest = hashlib.sha256(f"{model}\n{rule}\n".encode())
+    if rerun is not None:
+        digest.update(f"rerun {rerun}\n".encode())
     for uid in sorted(sop_instance_uids):
         digest.update(uid.encode() + b"\n")
     return digest.hexdigest()
@@ -59,8 +64,11 @@ def create_jobs(
     rules: Sequence[RuleSettings],
     settings: JobSettings,
     at: datetime,
+    actor: str = "system",
+    rerun: bool = False,
 ) -> list[str]:
-    """QUEUED jobs for every (rule, model) that applies; none twice for the same input."""
+    """QUEUED jobs for every (rule, model) that applies; none twice for the same input, unless
+    an admin asks for a ``rerun``."""
     facts = study_series_facts(conn, study_uid) or []
     created = []
     for outcome in evaluate(rules, facts):
@@ -82,7 +90,7 @@ def create_jobs(
                 "rule": outcome.rule,
                 "model": model,
                 "series_uids": list(outcome.chosen),
-                "input_key": input_key(model, outcome.rule, sops),
+                "input_key": input_key(model, outcome.rule, sops, rerun=job_id if rerun else None),
                 "priority": PRIORITY[outcome.priority],
                 "state": str(JobState.QUEUED),
                 "attempts": 0,
@@ -98,7 +106,8 @@ def create_jobs(
                     current=None,
                     target=JobState.QUEUED,
                     at=at,
-                    reason="study complete",
+                    reason=f"re-run by {actor}" if rerun else "study complete",
+                    actor=actor,
                     details={"rule": outcome.rule, "model": model, "series": list(outcome.chosen)},
                 )
                 created.append(job_id)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,11 @@ class RecoveryReport:
     quarantined: list[str] = field(default_factory=list)
 
 
-def recover(layout: StorageLayout, engine: Engine) -> RecoveryReport:
+def recover(
+    layout: StorageLayout, engine: Engine, progress: Callable[[int], object] | None = None
+) -> RecoveryReport:
+    """Index every stored file the index lacks; quarantine what cannot be indexed.
+    ``progress(1)`` is called per file seen (``dicom-node db reindex``'s progress bar)."""
     report = RecoveryReport()
     layout.create()
     for tmp in layout.incoming.iterdir():
@@ -47,6 +52,8 @@ def recover(layout: StorageLayout, engine: Engine) -> RecoveryReport:
         for name in files:
             path = Path(dirpath) / name
             rel = path.relative_to(layout.root).as_posix()
+            if progress is not None:
+                progress(1)
             if rel in known:
                 continue
             reason = _index_orphan(index, cache, layout, path, rel)
