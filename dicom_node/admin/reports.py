@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, and_, func, select
+from sqlalchemy import Engine, Float, Select, and_, func, select
 
 from dicom_node.admin.queries import list_circuits
 from dicom_node.db.models import (
@@ -417,6 +417,13 @@ def _buckets(since: datetime, step: timedelta, now: datetime) -> list[datetime]:
     return out
 
 
+def _epoch(conn: Any, column: Any) -> Any:
+    """Whole seconds since 1970 of a UTC timestamp column, in SQL (SQLite keeps them as text)."""
+    if conn.dialect.name == "sqlite":
+        return func.cast(func.strftime("%s", column), Float)
+    return func.extract("epoch", column)
+
+
 def _bucket_of(at: datetime, since: datetime, step: timedelta) -> int:
     return int((at - since) / step)
 
@@ -445,11 +452,13 @@ def dashboard(engine: Engine, window: str = "24h") -> dict[str, Any]:
             .order_by(Job.queued_at)
             .limit(1)
         ).first()
-        received = (
-            conn.execute(select(Instance.received_at).where(Instance.received_at >= since))
-            .scalars()
-            .all()
+        # counted per bucket in the database: a busy week is millions of instances
+        bucket = func.floor(
+            (_epoch(conn, Instance.received_at) - since.timestamp()) / step.total_seconds()
         )
+        received = conn.execute(
+            select(bucket, func.count()).where(Instance.received_at >= since).group_by(bucket)
+        ).all()
         completed = conn.execute(
             select(Study.first_received, Study.completed_at).where(Study.completed_at >= since)
         ).all()
@@ -468,8 +477,8 @@ def dashboard(engine: Engine, window: str = "24h") -> dict[str, Any]:
             )
         ).all()
     ingest = [0] * len(edges)
-    for at in received:
-        ingest[min(_bucket_of(at, since, step), len(edges) - 1)] += 1
+    for index, n in received:
+        ingest[max(0, min(int(index), len(edges) - 1))] += int(n)
     latency: dict[str, list[list[float]]] = {
         k: [[] for _ in edges] for k in ("receive", "queue_wait", "inference", "export")
     }

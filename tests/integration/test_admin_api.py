@@ -499,3 +499,32 @@ def test_no_phi_in_any_page(site: Site) -> None:
         body = admin.get(path).text
         for phi in (PATIENT_NAME, PATIENT_ID, "Quibbleworth", ACCESSION):
             assert phi not in body, (path, phi)
+
+
+@pytest.mark.postgres
+def test_the_read_models_on_postgresql(tmp_path: Path, pg_url: str, ct_dir: Path) -> None:
+    """The dashboard's buckets, the filters and /metrics use SQL that differs by dialect."""
+    settings = node_settings(tmp_path, db_url=pg_url)
+    node = start_node(settings, sweeper=False)
+    try:
+        study = _study(ct_dir, 2)
+        assert set(send_datasets(node.port, study, calling="PGSCU")) == {0}
+        add_user(node.engine, "ada", "correct horse", Role.ADMIN)
+        client = TestClient(create_app(settings, node.engine), follow_redirects=False)
+        token = csrf_from(client.get("/login").text)
+        client.post(
+            "/login", data={"name": "ada", "password": "correct horse", "csrf_token": token}
+        )
+        for window in ("24h", "7d"):
+            d = client.get("/api/dashboard", params={"window": window}).json()
+            assert sum(d["ingest"]) == 2 and d["ingest"][-1] == 2, window
+        uid = str(study[0].StudyInstanceUID)
+        params = {"calling_ae": "PGSCU", "received_from": date.today().isoformat()}
+        found = client.get("/api/studies", params=params).json()
+        assert [s["study_uid"] for s in found] == [uid]
+        assert client.get(f"/api/studies/{uid}").json()["stages"][0]["at"]
+        assert client.get("/api/audit", params={"event_type": "study."}).json()
+        families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+        assert families["dicom_node_instances_stored"].samples[0].value == 2
+    finally:
+        node.stop()

@@ -109,6 +109,8 @@ def _shot(driver: Any, name: str) -> Path:
 
 def test_admin_ui_end_to_end(browser: Any, tmp_path: Path, ct_dir: Path) -> None:
     from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.support import expected_conditions as ec  # noqa: PLC0415
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
 
     driver = browser
     archive = tmp_path / "archive"
@@ -176,6 +178,7 @@ def test_admin_ui_end_to_end(browser: Any, tmp_path: Path, ct_dir: Path) -> None
             driver.get(f"{base}/studies")
             _shot(driver, "03-studies")
             driver.find_element(By.CSS_SELECTOR, f"a[href='/studies/{study_uid}']").click()
+            WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "timeline")))
             timeline = driver.find_element(By.ID, "timeline").text
             for stage in (
                 "received (first instance)",
@@ -197,7 +200,12 @@ def test_admin_ui_end_to_end(browser: Any, tmp_path: Path, ct_dir: Path) -> None
             ]
             assert attempts == ["1", "1"]
             driver.find_element(By.XPATH, "//button[normalize-space()='Resend results']").click()
-            flash = driver.find_element(By.CSS_SELECTOR, ".flash.ok").text
+            # the click navigates (POST, 303 back to the study): wait for the new page
+            flash = (
+                WebDriverWait(driver, 10)
+                .until(ec.presence_of_element_located((By.CSS_SELECTOR, ".flash.ok")))
+                .text
+            )
             assert "queued for sending again" in flash
             # (storescp names files by SOP Instance UID: the resent objects overwrite theirs)
 
