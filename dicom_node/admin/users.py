@@ -5,17 +5,22 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 
 from dicom_node.audit.recorder import AuditEventType, record
-from dicom_node.db.models import User, utcnow
+from dicom_node.db.models import AuditEvent, User, utcnow
 
 _HASHER = PasswordHasher()  # argon2id, salted, the library's current parameters
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_PASSWORD = 8
+# After this many failed logins for one name within the window, that name is refused until the
+# window has passed (a password guesser gets a few tries per quarter hour, not thousands).
+MAX_FAILURES = 10
+FAILURE_WINDOW = timedelta(minutes=15)
 
 
 class Role(enum.StrEnum):
@@ -25,6 +30,10 @@ class Role(enum.StrEnum):
 
 class UserError(ValueError):
     """A refused account change, with a message for the admin."""
+
+
+class LoginThrottledError(Exception):
+    """Too many failed logins for this name lately."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +112,21 @@ def change_user(
 
 
 def authenticate(engine: Engine, name: str, password: str) -> Account | None:
-    """The account when the password matches an enabled user; every attempt is audited."""
+    """The account when the password matches an enabled user; every attempt is audited.
+    Raises ``LoginThrottledError`` after ``MAX_FAILURES`` failures within ``FAILURE_WINDOW``."""
+    name = name[:64]
     with engine.begin() as conn:
+        failures = conn.execute(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(
+                AuditEvent.event_type == str(AuditEventType.USER_LOGIN_FAILED),
+                AuditEvent.entity_id == name,
+                AuditEvent.at >= utcnow() - FAILURE_WINDOW,
+            )
+        ).scalar_one()
+        if failures >= MAX_FAILURES:
+            raise LoginThrottledError(name)
         row = conn.execute(
             select(User.password_hash, User.role, User.disabled).where(User.name == name)
         ).first()
@@ -124,8 +146,8 @@ def authenticate(engine: Engine, name: str, password: str) -> Account | None:
             conn,
             AuditEventType.USER_LOGIN if ok else AuditEventType.USER_LOGIN_FAILED,
             entity_type="user",
-            entity_id=name[:64],
-            actor=name[:64] if ok else "anonymous",
+            entity_id=name,
+            actor=name if ok else "anonymous",
             details={} if ok else {"reason": "unknown user, disabled or wrong password"},
         )
     return Account(name, Role(row.role)) if ok and row is not None else None

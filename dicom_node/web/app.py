@@ -36,7 +36,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from dicom_node.admin import actions, metrics, reports
 from dicom_node.admin.models import describe_models
 from dicom_node.admin.queries import list_exports
-from dicom_node.admin.users import Account, account, authenticate
+from dicom_node.admin.users import Account, LoginThrottledError, account, authenticate
 from dicom_node.logs import get_logger
 from dicom_node.settings import Settings
 from dicom_node.web import plots
@@ -191,7 +191,12 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
         form = await _form(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         target = _safe_next(str(form.get("next", "/")))
-        found = authenticate(engine, name, password)
+        try:
+            found = authenticate(engine, name, password)
+        except LoginThrottledError:
+            log.warning("login_throttled", user=name[:64])
+            message = "Too many failed logins for this name: try again in 15 minutes."
+            return page(request, "login.html", status=429, next=target, error=message)
         if found is None:
             log.warning("login_failed", user=name[:64])
             return page(request, "login.html", next=target, error="Wrong name or password.")

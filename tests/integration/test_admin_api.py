@@ -528,3 +528,36 @@ def test_the_read_models_on_postgresql(tmp_path: Path, pg_url: str, ct_dir: Path
         assert families["dicom_node_instances_stored"].samples[0].value == 2
     finally:
         node.stop()
+
+
+def test_repeated_failed_logins_are_throttled_per_name(site: Site) -> None:
+    add_user(site.engine, "tess", "tess password", Role.VIEWER)
+    client = site.client()
+    for _ in range(10):
+        page = client.get("/login").text
+        r = client.post(
+            "/login",
+            data={"name": "tess", "password": "guess", "csrf_token": csrf_from(page)},
+        )
+        assert r.status_code == 200 and "Wrong name or password." in r.text
+    page = client.get("/login").text
+    r = client.post(
+        "/login",
+        data={"name": "tess", "password": "tess password", "csrf_token": csrf_from(page)},
+    )
+    assert r.status_code == 429 and "Too many failed logins" in r.text
+    assert site.login("vic", "viewer pass").get("/api/me").status_code == 200  # others unaffected
+
+
+def test_cancelling_a_running_job_takes_it_from_its_worker(site: Site) -> None:
+    from dicom_node.jobs.service import claim, heartbeat  # noqa: PLC0415
+
+    admin = site.login("ada", "correct horse")
+    headers = {"X-CSRF-Token": token(admin)}
+    [job_id] = admin.post(f"/api/studies/{site.study_a}/rerun", headers=headers).json()["result"]
+    jobs_settings = site.node.settings.jobs
+    assert claim(site.engine, job_id, "worker-1", jobs_settings)
+    assert _job_state(site.engine, job_id) == "RUNNING"
+    assert admin.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 200
+    assert _job_state(site.engine, job_id) == "CANCELLED"
+    assert heartbeat(site.engine, job_id, "worker-1", jobs_settings) is False  # the worker stops
