@@ -10,6 +10,7 @@ backoff schedule and the circuit.
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from collections.abc import Iterator
@@ -137,9 +138,9 @@ def resend_from_the_cli(s: Scenario, job_id: str, seg_uid: str) -> None:
                 AuditEvent.entity_id == row["export_id"], AuditEvent.event_type == "export.resend"
             )
         ).scalar_one()
-    assert actor == "cli"
+    assert actor == f"cli:{getpass.getuser()}"  # the OS user who ran the command
     again = cli("exports", "resend", "--job", "no-such-job", config=s.config)
-    assert again.returncode == 1 and "nothing to resend" in again.stderr
+    assert again.returncode == 2 and "no exports of no-such-job" in again.stderr
     destinations = json.loads(cli("destinations", "--json", config=s.config).stdout)
     assert [(d["name"], d["circuit"]) for d in destinations] == [
         ("pacs", "CLOSED"),
