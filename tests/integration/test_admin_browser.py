@@ -162,7 +162,8 @@ def test_admin_ui_end_to_end(browser: Any, tmp_path: Path, ct_dir: Path) -> None
             driver.find_element(By.NAME, "name").send_keys("ada")
             driver.find_element(By.NAME, "password").send_keys("a long passphrase")
             driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-            wait_for(lambda: driver.current_url.endswith("/studies"), 10, "back to /studies")
+            # (the login page's own URL ends in "?next=/studies": wait for the exact URL)
+            WebDriverWait(driver, 10).until(ec.url_to_be(f"{base}/studies"))
 
             # the dashboard and its plots
             driver.get(f"{base}/")
