@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, Row, select
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import Export, Job, Study, utcnow
@@ -34,15 +34,18 @@ class NotFoundError(ActionError):
     pass
 
 
+def _study(conn: Connection, study_uid: str) -> Row[int, str]:
+    row = conn.execute(select(Study.id, Study.state).where(Study.study_uid == study_uid)).first()
+    if row is None:
+        raise NotFoundError(f"no study {study_uid}")
+    return row
+
+
 def force_complete(engine: Engine, settings: Settings, study_uid: str, actor: str) -> list[str]:
     """A study still receiving is made COMPLETE now (its jobs are made); returns the job ids."""
     now = utcnow()
     with engine.begin() as conn:
-        row = conn.execute(
-            select(Study.id, Study.state).where(Study.study_uid == study_uid)
-        ).first()
-        if row is None:
-            raise NotFoundError(f"no study {study_uid}")
+        row = _study(conn, study_uid)
         if row.state == StudyState.COMPLETE:
             raise ActionError(f"study {study_uid} is already COMPLETE; use re-run for new jobs")
         transition_study(
@@ -72,11 +75,7 @@ def rerun(engine: Engine, settings: Settings, study_uid: str, actor: str) -> lis
     """New QUEUED jobs for a COMPLETE study, as if it completed now; returns their ids."""
     now = utcnow()
     with engine.begin() as conn:
-        row = conn.execute(
-            select(Study.id, Study.state).where(Study.study_uid == study_uid)
-        ).first()
-        if row is None:
-            raise NotFoundError(f"no study {study_uid}")
+        row = _study(conn, study_uid)
         if row.state != StudyState.COMPLETE:
             raise ActionError(f"study {study_uid} is {row.state}: force-complete it first")
         jobs = create_jobs(

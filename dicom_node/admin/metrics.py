@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -23,6 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
+from dicom_node.admin.queries import seconds
 from dicom_node.db.models import (
     Association,
     AuditEvent,
@@ -40,12 +40,6 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 JOB_OUTCOMES = ("job.done", "job.failed", "job.cancelled", "job.requeued")
 EXPORT_OUTCOMES = ("export.delivered", "export.retry_wait", "export.failed")
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return max(0.0, (end - start).total_seconds())
 
 
 def histogram(
@@ -134,21 +128,32 @@ class IndexCollector(Collector):
         )
         yield _counter("dicom_node_studies_received", "studies seen", studies)
         yield _counter("dicom_node_studies_completed", "times a study became COMPLETE", completed)
-        yield _labelled_counter(
+        yield _labelled(
+            CounterMetricFamily,
             "dicom_node_job_events",
             "job transitions by model and event (job.queued, job.done, ...)",
             ("model", "event"),
             job_events,
         )
-        yield _labelled_counter(
+        yield _labelled(
+            CounterMetricFamily,
             "dicom_node_export_events",
             "export outcomes by destination (export.delivered, export.retry_wait, export.failed)",
             ("destination", "event"),
             export_events,
         )
-        yield _gauge("dicom_node_studies", "studies by state", ("state",), study_states)
-        yield _gauge("dicom_node_jobs", "jobs by model and state", ("model", "state"), job_states)
-        yield _gauge(
+        yield _labelled(
+            GaugeMetricFamily, "dicom_node_studies", "studies by state", ("state",), study_states
+        )
+        yield _labelled(
+            GaugeMetricFamily,
+            "dicom_node_jobs",
+            "jobs by model and state",
+            ("model", "state"),
+            job_states,
+        )
+        yield _labelled(
+            GaugeMetricFamily,
             "dicom_node_exports",
             "outbox rows by destination and state",
             ("destination", "state"),
@@ -159,12 +164,13 @@ class IndexCollector(Collector):
         yield GaugeMetricFamily(
             "dicom_node_oldest_queued_age_seconds",
             "age of the oldest QUEUED job (0 when none)",
-            value=_seconds(oldest_queued, now) or 0.0,
+            value=seconds(oldest_queued, now) or 0.0,
         )
         yield GaugeMetricFamily(
             "dicom_node_open_associations", "associations open now", value=open_associations
         )
-        yield _gauge(
+        yield _labelled(
+            GaugeMetricFamily,
             "dicom_node_circuit_open",
             "1 when a destination's circuit is OPEN (sending paused)",
             ("destination",),
@@ -183,18 +189,18 @@ class IndexCollector(Collector):
         }
         inference: dict[str, list[float]] = {}
         for first, done in study_times:
-            value = _seconds(first, done)
+            value = seconds(first, done)
             if value is not None:
                 stages["receive"].append(value)
         for model, _created, queued, started, ready, finished, state in job_times:
             for stage, value in (
-                ("queue_wait", _seconds(queued, started)),
-                ("inference", _seconds(started, ready)),
-                ("export", _seconds(ready, finished) if state == JobState.DONE else None),
+                ("queue_wait", seconds(queued, started)),
+                ("inference", seconds(started, ready)),
+                ("export", seconds(ready, finished) if state == JobState.DONE else None),
             ):
                 if value is not None:
                     stages[stage].append(value)
-            run = _seconds(started, ready)
+            run = seconds(started, ready)
             if run is not None:
                 inference.setdefault(model, []).append(run)
         yield histogram(
@@ -216,19 +222,15 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
 
 
-def _labelled_counter(
-    name: str, doc: str, labels: Sequence[str], rows: Iterable[Sequence[object]]
-) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=list(labels))
-    for *keys, value in rows:
-        family.add_metric([str(k) for k in keys], float(value))  # type: ignore[arg-type]
-    return family
-
-
-def _gauge(
-    name: str, doc: str, labels: Sequence[str], rows: Iterable[Sequence[object]]
-) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=list(labels))
+def _labelled(
+    kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+    name: str,
+    doc: str,
+    labels: Sequence[str],
+    rows: Iterable[Sequence[object]],
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """One family from rows of (label values..., value)."""
+    family = kind(name, doc, labels=list(labels))
     for *keys, value in rows:
         family.add_metric([str(k) for k in keys], float(value))  # type: ignore[arg-type]
     return family

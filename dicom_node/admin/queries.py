@@ -18,8 +18,15 @@ from dicom_node.db.models import (
 )
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+def seconds(start: datetime | None, end: datetime | None) -> float | None:
+    """``end - start`` in seconds (ms resolution, never negative); ``None`` if either is."""
+    if start is None or end is None:
+        return None
+    return round(max(0.0, (end - start).total_seconds()), 3)
 
 
 def _summaries(engine: Engine, *where: Any, limit: int = 1000) -> list[dict[str, Any]]:
@@ -44,9 +51,9 @@ def _summaries(engine: Engine, *where: Any, limit: int = 1000) -> list[dict[str,
             "state": r["state"],
             "series": int(r["n_series"]),
             "instances": int(r["n_instances"]),
-            "first_received": _iso(r["first_received"]),
-            "last_received": _iso(r["last_received"]),
-            "completed_at": _iso(r["completed_at"]),
+            "first_received": iso(r["first_received"]),
+            "last_received": iso(r["last_received"]),
+            "completed_at": iso(r["completed_at"]),
             "completion_reason": r["completion_reason"],
             "times_completed": r["times_completed"],
             "accession_hash": r["accession_hash"],
@@ -93,21 +100,34 @@ def show_study(engine: Engine, study_uid: str) -> dict[str, Any] | None:
             "modality": mod,
             "series_number": num,
             "instances": n,
-            "first_received": _iso(first),
-            "last_received": _iso(last),
+            "first_received": iso(first),
+            "last_received": iso(last),
         }
         for uid, mod, num, n, first, last in series
     ]
     summary["timeline"] = [
-        {"at": _iso(at), "event": etype, "actor": actor, "details": details}
+        {"at": iso(at), "event": etype, "actor": actor, "details": details}
         for at, etype, actor, details in events
     ]
     return summary
 
 
-def list_jobs(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:
-    """Newest first."""
+def list_jobs(
+    engine: Engine,
+    *,
+    state: str | None = None,
+    model: str | None = None,
+    study_uid: str | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """Newest first; ``run_s`` is claimed -> results ready."""
     stmt = select(Job.__table__).order_by(Job.created_at.desc()).limit(limit)
+    if state:
+        stmt = stmt.where(Job.state == state.upper())
+    if model:
+        stmt = stmt.where(Job.model == model)
+    if study_uid:
+        stmt = stmt.where(Job.study_uid == study_uid)
     with engine.connect() as conn:
         rows = [row._mapping for row in conn.execute(stmt)]
     stamps = ("created_at", "queued_at", "started_at", "results_ready_at", "finished_at")
@@ -123,7 +143,8 @@ def list_jobs(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:
             "attempts": r["attempts"],
             "max_attempts": r["max_attempts"],
             "error": r["error"],
-            **{k: _iso(r[k]) for k in stamps},
+            **{k: iso(r[k]) for k in stamps},
+            "run_s": seconds(r["started_at"], r["results_ready_at"]),
         }
         for r in rows
     ]
@@ -154,9 +175,9 @@ def list_exports(
             "last_status": None if r["last_status"] is None else f"0x{r['last_status']:04X}",
             "last_error": r["last_error"],
             "warning": r["warning"],
-            "next_attempt_at": _iso(r["next_attempt_at"]),
-            "created_at": _iso(r["created_at"]),
-            "delivered_at": _iso(r["delivered_at"]),
+            "next_attempt_at": iso(r["next_attempt_at"]),
+            "created_at": iso(r["created_at"]),
+            "delivered_at": iso(r["delivered_at"]),
         }
         for r in rows
     ]
@@ -170,8 +191,8 @@ def list_circuits(engine: Engine) -> list[dict[str, Any]]:
             "destination": r.destination,
             "circuit": r.state,
             "failures": r.failures,
-            "opened_at": _iso(r.opened_at),
-            "probe_at": _iso(r.probe_at),
+            "opened_at": iso(r.opened_at),
+            "probe_at": iso(r.probe_at),
             "last_error": r.last_error,
         }
         for r in rows

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Float, Select, and_, func, select
+from sqlalchemy import Engine, Float, and_, func, select
 
-from dicom_node.admin.queries import list_circuits
+from dicom_node.admin.queries import iso, list_circuits, seconds
 from dicom_node.db.models import (
     Association,
     AuditEvent,
@@ -32,16 +32,6 @@ from dicom_node.domain import JobState, phi_hash
 from dicom_node.jobs.facts import study_series_facts
 from dicom_node.jobs.rules import evaluate
 from dicom_node.settings import Settings
-
-
-def iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round(max(0.0, (end - start).total_seconds()), 3)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -531,45 +521,6 @@ def dashboard(engine: Engine, window: str = "24h") -> dict[str, Any]:
 
 
 # --- jobs and exports ----------------------------------------------------------------------
-
-
-def jobs(
-    engine: Engine,
-    *,
-    state: str | None = None,
-    model: str | None = None,
-    study_uid: str | None = None,
-    limit: int = 200,
-) -> list[dict[str, Any]]:
-    stmt: Select[Any] = select(Job).order_by(Job.created_at.desc()).limit(limit)
-    if state:
-        stmt = stmt.where(Job.state == state.upper())
-    if model:
-        stmt = stmt.where(Job.model == model)
-    if study_uid:
-        stmt = stmt.where(Job.study_uid == study_uid)
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    return [
-        {
-            "job_id": j.id,
-            "study_uid": j.study_uid,
-            "rule": j.rule,
-            "model": j.model,
-            "state": j.state,
-            "priority": "stat" if j.priority == 0 else "routine",
-            "attempts": j.attempts,
-            "max_attempts": j.max_attempts,
-            "error": j.error,
-            "created_at": iso(j.created_at),
-            "queued_at": iso(j.queued_at),
-            "started_at": iso(j.started_at),
-            "results_ready_at": iso(j.results_ready_at),
-            "finished_at": iso(j.finished_at),
-            "run_s": seconds(j.started_at, j.results_ready_at),
-        }
-        for j in rows
-    ]
 
 
 def outbox(engine: Engine, settings: Settings) -> list[dict[str, Any]]:

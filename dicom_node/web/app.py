@@ -35,7 +35,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from dicom_node.admin import actions, metrics, reports
 from dicom_node.admin.models import describe_models
-from dicom_node.admin.queries import list_exports
+from dicom_node.admin.queries import list_exports, list_jobs
 from dicom_node.admin.users import Account, LoginThrottledError, account, authenticate
 from dicom_node.logs import get_logger
 from dicom_node.settings import Settings
@@ -156,8 +156,9 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         if _is_api(request) or request.method != "GET":
-            if not _is_api(request) and "next" in (await _form(request)):
-                return _back(request, await _form(request), error=str(exc.detail))
+            form = {} if _is_api(request) else await _form(request)
+            if "next" in form:
+                return _back(request, form, error=str(exc.detail))
             return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
         return page(request, "error.html", status=exc.status_code, message=exc.detail)
 
@@ -263,7 +264,7 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
         study_uid: str | None = None,
         limit: int = 200,
     ) -> list[dict[str, Any]]:
-        return reports.jobs(
+        return list_jobs(
             engine,
             state=state or None,
             model=model or None,
@@ -433,8 +434,12 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
     def jobs_page(
         request: Request, _: Viewer, state: str = "", model: str = "", study_uid: str = ""
     ) -> HTMLResponse:
-        rows = reports.jobs(
-            engine, state=state or None, model=model or None, study_uid=study_uid or None
+        rows = list_jobs(
+            engine,
+            state=state or None,
+            model=model or None,
+            study_uid=study_uid or None,
+            limit=200,
         )
         return page(request, "jobs.html", rows=rows, state=state, model=model, study_uid=study_uid)
 
