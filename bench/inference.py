@@ -34,7 +34,12 @@ sys.path.insert(0, str(REPO))
 
 from tests.helpers import testdata_root  # noqa: E402
 from workers.inference.grid import plan_grid, to_model_grid  # noqa: E402
-from workers.inference.pipeline import SeriesInput, normalise, run_series  # noqa: E402
+from workers.inference.pipeline import (  # noqa: E402
+    JobInput,
+    SeriesInput,
+    normalise,
+    run_series,
+)
 from workers.inference.runners import ModelCache  # noqa: E402
 from workers.inference.volume import load_series  # noqa: E402
 
@@ -148,7 +153,8 @@ def main() -> None:
             out = work / f"out{i}"
             out.mkdir()
             t = time.perf_counter()
-            summary = run_series(model, SeriesInput("bench", tuple(paths)), out)
+            series = SeriesInput("bench", tuple(paths))
+            summary = run_series(model, series, out, JobInput("bench", 1, "bench", (series,)))
             runs.append((time.perf_counter() - t, summary["timings_s"]))
         pipeline_s, stages = min(runs, key=lambda r: r[0])
     n = args.slices

@@ -139,6 +139,16 @@ class RuleSettings(_Section):
         default=False,
         description="also send the model's per-voxel confidence as a Parametric Map",
     )
+    gap_tolerance: float = Field(
+        default=1.5,
+        ge=1.0,
+        description="slices are contiguous when each gap is at most their thickness x this",
+    )
+    interpolate_gaps_mm: float = Field(
+        default=0.0,
+        ge=0,
+        description="process across wider gaps up to this many mm (interpolated); 0 = refuse",
+    )
     match: RuleMatch = RuleMatch()
 
 

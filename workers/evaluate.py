@@ -47,15 +47,17 @@ class Counts:
     predicted_ml: float = 0.0
     reference_ml: float = 0.0
 
-    def add(self, pred: np.ndarray, ref: np.ndarray, voxel_ml: float) -> None:
+    def add(self, pred: np.ndarray, ref: np.ndarray, slice_ml: np.ndarray) -> None:
+        """``slice_ml``: one voxel's volume on each slice (area x the slice's real extent along
+        the normal, as ``pipeline.measure`` defines volume)."""
         tp = int(np.count_nonzero(pred & ref))
         p, r = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
         self.tp += tp
         self.fp += p - tp
         self.fn += r - tp
         self.tn += pred.size - p - r + tp
-        self.predicted_ml += p * voxel_ml
-        self.reference_ml += r * voxel_ml
+        self.predicted_ml += float((pred.reshape(len(pred), -1).sum(axis=1) * slice_ml).sum())
+        self.reference_ml += float((ref.reshape(len(ref), -1).sum(axis=1) * slice_ml).sum())
 
     def metrics(self) -> dict[str, float | int | None]:
         def ratio(a: int, b: int) -> float | None:
@@ -198,7 +200,7 @@ def evaluate(
         else:
             assert labeler is not None  # noqa: S101 - set above when there is no reference
             truth = labeler(volume.array, source_spacing(volume))
-        voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+        slice_ml = volume.slice_extents() * volume.pixel_area_mm2 / 1000.0
         case: dict[str, Any] = {
             "series_uid": series_uid,
             "frames": len(volume.frames),
@@ -208,8 +210,8 @@ def evaluate(
         for label in manifest.labels:
             counts = Counts()
             pred, ref = found.maps.labels == label.value, truth == label.value
-            counts.add(pred, ref, voxel_ml)
-            pooled[label.value].add(pred, ref, voxel_ml)
+            counts.add(pred, ref, slice_ml)
+            pooled[label.value].add(pred, ref, slice_ml)
             case["labels"][label.name] = counts.metrics()
         per_case.append(case)
         progress(series_uid)

@@ -66,8 +66,17 @@ def job_input(engine: Engine, job_id: str, settings: Settings) -> JobInput:
         raise Permanent(f"series {missing[0]} has no stored instances")
     series = tuple(SeriesInput(uid, tuple(sorted(paths))) for uid, paths in by_series.items())
     rule = settings.rule(job.rule)
-    confidence = rule is not None and rule.confidence_map
-    return JobInput(job_id, job.attempts, job.model, series, confidence=confidence)
+    if rule is None:
+        return JobInput(job_id, job.attempts, job.model, series)
+    return JobInput(
+        job_id,
+        job.attempts,
+        job.model,
+        series,
+        confidence=rule.confidence_map,
+        gap_tolerance=rule.gap_tolerance,
+        interpolate_gaps_mm=rule.interpolate_gaps_mm,
+    )
 
 
 class Heartbeat(threading.Thread):

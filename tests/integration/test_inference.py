@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,10 +39,12 @@ def expected_masks(files: list[Path]) -> dict[str, np.ndarray]:
     return out
 
 
-def run_model(root: Path, name: str, files: list[Path], results: Path, job: str = "job-1") -> dict:
+def run_model(
+    root: Path, name: str, files: list[Path], results: Path, job: str = "job-1", **rule: Any
+) -> dict:
     shuffled = files[:]
     random.Random(3).shuffle(shuffled)
-    job_input = JobInput(job, 1, name, (SeriesInput("1.2.3", tuple(shuffled)),))
+    job_input = JobInput(job, 1, name, (SeriesInput("1.2.3", tuple(shuffled)),), **rule)
     return run(job_input, ModelCache(root, "cpu"), results)
 
 

@@ -50,6 +50,11 @@ def plan_grid(volume: Volume, target_spacing: tuple[float, float, float] | None)
     n, rows, cols = volume.array.shape
     spacing = source_spacing(volume)
     targets: tuple[float | None, ...] = target_spacing or (None, None, None)
+    if targets[0] is None and not volume.uniform and n > 1:
+        # no model spacing asked for, slices unevenly spaced: sample at the finest gap, so no
+        # source slice is thinned out on the way in (capped at 4 model slices per source slice)
+        finest = float(np.diff(volume.positions_mm).min())
+        targets = (max(finest, spacing[0] / 4), *targets[1:])
     shape = (
         _size(n, spacing[0], targets[0]),
         _size(rows, spacing[1], targets[1]),

@@ -34,6 +34,7 @@ from workers.inference.grid import (
 )
 from workers.inference.manifest import Manifest
 from workers.inference.runners import LoadedModel, ModelCache, import_object
+from workers.inference.stacks import GAP_TOLERANCE
 from workers.inference.volume import Volume, load_series
 
 OOM_RETRIES = 3
@@ -53,6 +54,8 @@ class JobInput:
     model: str
     series: tuple[SeriesInput, ...]
     confidence: bool = False  # keep the per-voxel confidence (the rule's confidence_map)
+    gap_tolerance: float = GAP_TOLERANCE  # the rule's: contiguous up to this x thickness
+    interpolate_gaps_mm: float = 0.0  # the rule's: wider gaps up to this are interpolated
 
 
 def normalise(x: torch.Tensor, manifest: Manifest) -> torch.Tensor:
@@ -129,24 +132,35 @@ def measure(
     max_probability: dict[int, float] | None = None,
 ) -> list[dict[str, Any]]:
     """Per label: voxels, volume (mL), mean and SD of the source intensity (HU for CT), and the
-    highest probability the model gave the label anywhere (for findings)."""
-    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    highest probability the model gave the label anywhere (for findings).
+
+    The volume is the sum over the source frames of the label's area on the frame times that
+    frame's real extent along the slice normal (half the distance to each neighbour, the one
+    gap for the outer frames), not voxels x one nominal spacing; mean and SD are weighted the
+    same way. On evenly spaced slices the two agree."""
+    extents = volume.slice_extents()
+    area = volume.pixel_area_mm2
     out = []
     for label in manifest.labels:
         inside = labels == label.value
-        voxels = int(inside.sum())
-        values = volume.array[inside]
-        out.append(
-            {
-                "value": label.value,
-                "name": label.name,
-                "voxels": voxels,
-                "volume_ml": voxels * voxel_ml,
-                "mean": float(values.mean()) if voxels else None,
-                "std": float(values.std()) if voxels else None,
-                "max_probability": (max_probability or {}).get(label.value),
-            }
-        )
+        counts = inside.reshape(len(inside), -1).sum(axis=1)
+        voxels = int(counts.sum())
+        entry: dict[str, Any] = {
+            "value": label.value,
+            "name": label.name,
+            "voxels": voxels,
+            "volume_ml": float((counts * extents).sum()) * area / 1000.0,
+            "mean": None,
+            "std": None,
+            "max_probability": (max_probability or {}).get(label.value),
+        }
+        if voxels:
+            weights = np.broadcast_to(extents[:, None, None], inside.shape)[inside]
+            values = volume.array[inside].astype(np.float64)
+            mean = float(np.average(values, weights=weights))
+            entry["mean"] = mean
+            entry["std"] = float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))
+        out.append(entry)
     return out
 
 
@@ -168,12 +182,21 @@ class Prediction:
     timings_s: dict[str, float]
 
 
-def predict(model: LoadedModel, paths: tuple[Path, ...], *, confidence: bool = False) -> Prediction:
+def predict(
+    model: LoadedModel,
+    paths: tuple[Path, ...],
+    *,
+    confidence: bool = False,
+    gap_tolerance: float = GAP_TOLERANCE,
+    interpolate_gaps_mm: float = 0.0,
+) -> Prediction:
     """Load, resample, normalise, infer and map back: what the node does with a series, also
     used by ``dicom-node models evaluate``."""
     manifest = model.manifest
     t0 = time.perf_counter()
-    volume = load_series(paths)
+    volume = load_series(
+        paths, gap_tolerance=gap_tolerance, interpolate_gaps_mm=interpolate_gaps_mm
+    )
     t1 = time.perf_counter()
     grid = plan_grid(volume, manifest.preprocessing.target_spacing_mm)
     x = normalise(to_model_grid(volume, grid, model.device), manifest)
@@ -206,10 +229,16 @@ def predict(model: LoadedModel, paths: tuple[Path, ...], *, confidence: bool = F
 
 
 def run_series(
-    model: LoadedModel, series: SeriesInput, out_dir: Path, *, confidence: bool = False
+    model: LoadedModel, series: SeriesInput, out_dir: Path, job: JobInput
 ) -> dict[str, Any]:
     manifest = model.manifest
-    found = predict(model, series.paths, confidence=confidence)
+    found = predict(
+        model,
+        series.paths,
+        confidence=job.confidence,
+        gap_tolerance=job.gap_tolerance,
+        interpolate_gaps_mm=job.interpolate_gaps_mm,
+    )
     volume, grid, (labels, kept, sure) = found.volume, found.grid, found.maps
     mask = out_dir / f"mask-{series.series_uid}.npz"
     arrays: dict[str, np.ndarray] = {
@@ -217,6 +246,8 @@ def run_series(
         "affine": volume.affine,
         "sop_instance_uids": np.array([ref.sop_instance_uid for ref in volume.frames]),
         "frame_numbers": np.array([ref.frame_number or 0 for ref in volume.frames]),
+        "origins": volume.origins if volume.origins is not None else np.zeros((0, 3)),
+        "extents_mm": volume.slice_extents(),
     }
     if kept is not None:
         arrays["probabilities"] = kept
@@ -233,6 +264,9 @@ def run_series(
         "model_spacing_mm": list(grid.spacing_mm),
         "tilt_deg": volume.tilt_deg,
         "uniform": volume.uniform,
+        "spacing": volume.spacing,
+        "stacks": list(volume.stacks),
+        "notes": list(volume.notes),
         "labels": measure(volume, labels, manifest, found.max_probability),
         "timings_s": found.timings_s,
     }
@@ -246,7 +280,7 @@ def run(job: JobInput, cache: ModelCache, results_root: Path) -> dict[str, Any]:
     temp = job_dir / f".attempt-{job.attempt}.tmp"
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
-    series = [run_series(model, s, temp, confidence=job.confidence) for s in job.series]
+    series = [run_series(model, s, temp, job) for s in job.series]
     summary = {
         "model": model.manifest.name,
         "version": model.manifest.version,
