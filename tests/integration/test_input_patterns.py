@@ -16,6 +16,7 @@ Refused cases check the exact refusal text, as an admin reads it in ``jobs``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,10 +30,17 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dicom_node.domain import JobState
 from dicom_node.settings import ProfileSettings
 from tests import recompose as rc
+from tests.helpers import free_port
+from tests.integration.test_export import destination
 from tests.integration.test_inference import run_model
+from tests.integration.test_queue import Scenario
+from tests.integration.test_reference_model import MODELS, cli
+from tests.integration.test_results import dciodvfy_errors
 from tests.models import WINDOW, band_labels, build_model
+from tests.peers import storescp
 from workers.inference.runners import ModelCache
 from workers.inference.volume import VolumeError, load_series
 from workers.results.build import build_results
@@ -142,6 +150,20 @@ def mosaic(testdata: Path) -> list[Dataset]:
     return rc.new_series(slices, "mosaic")
 
 
+def ambiguous_repeat(testdata: Path) -> list[Dataset]:
+    """Two frames at one position, different pixels, nothing else different."""
+    both = rc.repeat_at_same_positions(_straight(testdata)[:6], None, ("", ""))
+    for ds in both:
+        ds.ContentTime = ds.AcquisitionTime = "100000.000"
+    return rc.new_series(both, "ambiguous")
+
+
+def shifted_in_plane(testdata: Path) -> list[Dataset]:
+    slices = rc.new_series(_straight(testdata)[:12], "shifted")
+    rc.set_position(slices[6], rc.floats(slices[6].ImagePositionPatient) + np.array([2.0, 0, 0]))
+    return slices
+
+
 def tilt_between_stacks(testdata: Path) -> list[Dataset]:
     """Two acquisitions in one series, the second tilted: one stack each."""
     straight = _straight(testdata)[:14]
@@ -203,6 +225,22 @@ REFUSED: dict[str, tuple[Callable[[Path], list[Dataset]], dict[str, Any], str]] 
         " and instance 13 (at 756.21 mm) along the slice normal: a gap of 15.00 mm (about 2"
         " slices of 5.00 mm) where the slices' thickness (5.00 mm x tolerance 1.5) allows 7.50"
         " mm; a rule may allow interpolation across such gaps (interpolate_gaps_mm)",
+    ),
+    "frames at one position, nothing tells them apart": (
+        ambiguous_repeat,
+        {},
+        "stack 1, axial, 512x512, 12 frames: two frames share one slice position: instance 1"
+        " and instance 7 at 696.21 mm, with different pixel data and nothing that tells them"
+        " apart (TemporalPositionIdentifier, TemporalPositionIndex, AcquisitionNumber,"
+        " EchoNumbers, EffectiveEchoTime, DiffusionBValue, DiffusionGradientOrientation,"
+        " ImageType and ContentTime/AcquisitionTime are equal)",
+    ),
+    "slice origins off one line": (
+        shifted_in_plane,
+        {},
+        "stack 1, axial, 512x512, 12 frames: slice origins do not lie on one line: instance 7"
+        " is 2.00 mm off the line from instance 1 to instance 12 (the in-plane shift, or gantry"
+        " tilt, changes within the stack)",
     ),
     "Siemens mosaic": (
         mosaic,
@@ -378,3 +416,75 @@ def test_enhanced_multiframe_with_two_stacks_is_split_by_stack(
     assert [s["frames"] for s in vol.stacks] == [8, 8]
     assert sorted(ref.frame_number for ref in vol.frames) in (list(range(1, 9)), list(range(9, 17)))
     assert vol.spacing == "uniform 5.00 mm"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:highdicom.*")
+def test_ct_tissue_end_to_end_on_tilted_ct_with_two_spacings(
+    testdata: Path, tmp_path: Path
+) -> None:
+    """The head CT that used to fail ("slices missing: a gap of 7.00 mm after slice 23"): gantry
+    tilt, 4 mm then 7 mm slices with a 5.1 mm step between, through ``dicom-node serve`` with
+    the shipped ct-tissue model, results to storescp; and ``models evaluate`` on the same
+    series."""
+    series_dir = tmp_path / "series"
+    written(PROCESSED["two regimes, gantry tilt"].build, testdata, series_dir)
+    sources = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in series_dir.iterdir())}
+    archive = tmp_path / "archive"
+    with storescp(archive) as archive_port:
+        s = Scenario(tmp_path / "node", series_dir, broker=None, port=free_port())
+        rule = 'name = "ct"\nmodels = ["threshold"]\n'
+        config = s.config.read_text()
+        s.config.write_text(
+            config.replace(rule, 'name = "ct"\nmodels = ["ct-tissue"]\n').replace(
+                f'root = "{tmp_path / "node" / "models"}"', f'root = "{MODELS}"'
+            )
+            + destination("archive", "STORESCP", archive_port)
+        )
+        try:
+            s.node.start()
+            uid = s.send()
+            job = s.wait_state(uid, JobState.DONE, 300)
+        finally:
+            s.close()
+        received = {str(dcmread(p).SOPClassUID): p for p in archive.iterdir()}
+    assert job.result is not None
+    [series] = job.result["series"]
+    assert series["spacing"] == "23 x 4.00 mm + 1 x 5.10 mm + 17 x 7.00 mm"
+    assert series["tilt_deg"] == pytest.approx(18.5, abs=0.1)
+    seg_path = received["1.2.840.10008.5.1.4.1.1.66.4"]
+    sr_path = received["1.2.840.10008.5.1.4.1.1.88.33"]
+    for path in (seg_path, sr_path):
+        assert dciodvfy_errors(path) == [], path.name
+    seg = hd.seg.segread(seg_path)
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    extents = _extents(list(sources.values()))
+    expected_ml: dict[int, float] = {}
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        [source] = item.DerivationImageSequence[0].SourceImageSequence
+        ds = sources[source.ReferencedSOPInstanceUID]
+        ipp = rc.floats(item.PlanePositionSequence[0].ImagePositionPatient)
+        np.testing.assert_allclose(ipp, rc.floats(ds.ImagePositionPatient), atol=0.01)
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        area = float(frame.sum()) * dx * dy
+        expected_ml[number] = (
+            expected_ml.get(number, 0.0) + area * extents[ds.SOPInstanceUID] / 1000
+        )
+    sr = hd.sr.srread(sr_path)
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        [number] = group.referenced_segment.referenced_segment_numbers
+        [volume] = group.get_measurements(name=codes.SCT.Volume)
+        assert float(volume.value) == pytest.approx(
+            expected_ml.get(int(number), 0.0), rel=0.01, abs=1e-3
+        )
+    assert expected_ml[3] > 0  # bone: the phantom's skull
+
+    out = tmp_path / "report"
+    done = cli(
+        "models", "evaluate", "ct-tissue", "--cases", str(series_dir), "--out", str(out),
+        env={"DICOM_NODE_MODELS__ROOT": str(MODELS), "DICOM_NODE_MODELS__DEVICE": "cpu"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "evaluation.json").read_text())
+    assert [case["frames"] for case in report["cases"]] == [42]
+    assert report["labels"]["bone"]["dice"] >= 0.8, report["labels"]["bone"]
