@@ -27,6 +27,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -61,6 +62,7 @@ class Pattern:
     spacing: str | None = None  # the chosen stack's spacing summary
     chosen_frames: int | None = None
     notes: int = 0  # notes on the chosen stack (duplicates collapsed, gaps interpolated)
+    repairs: int = 0  # source attributes repaired before they are copied into the results
 
 
 def _straight(testdata: Path) -> list[Dataset]:
@@ -164,6 +166,21 @@ def shifted_in_plane(testdata: Path) -> list[Dataset]:
     return slices
 
 
+def invalid_attributes(testdata: Path) -> list[Dataset]:
+    """What real scanners write: a StudyDate of ***, an over-long SH, a date with a wrong VR,
+    and a ReferencedStudySequence (whose "instance" is the Study Instance UID)."""
+    slices = rc.new_series(_straight(testdata)[:8], "invalid attributes")
+    for ds in slices:
+        ds.StudyDate = "***"
+        ds.StudyID = "X" * 40
+        ds.add(DataElement(0x00100030, "LO", "unknown"))  # PatientBirthDate, VR DA
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management
+        ref.ReferencedSOPInstanceUID = ds.StudyInstanceUID
+        ds.ReferencedStudySequence = [ref]
+    return slices
+
+
 def tilt_between_stacks(testdata: Path) -> list[Dataset]:
     """Two acquisitions in one series, the second tilted: one stack each."""
     straight = _straight(testdata)[:14]
@@ -202,6 +219,7 @@ PROCESSED: dict[str, Pattern] = {
     "reversed order": Pattern(reversed_order, spacing="uniform 5.00 mm"),
     "mixed matrix sizes": Pattern(mixed_matrix, stacks=2, chosen_frames=28),
     "tilt differs between stacks": Pattern(tilt_between_stacks, stacks=2, chosen_frames=14),
+    "invalid source attributes": Pattern(invalid_attributes, chosen_frames=8, repairs=3),
     "sagittal MR, HFS": Pattern(patient_position("HFS"), MR_BANDS, spacing="uniform 4.80 mm"),
     "sagittal MR, HFP": Pattern(patient_position("HFP"), MR_BANDS, spacing="uniform 4.80 mm"),
     "sagittal MR, HFDR": Pattern(patient_position("HFDR"), MR_BANDS, spacing="uniform 4.80 mm"),
@@ -329,6 +347,9 @@ def test_processed_pattern_lands_on_its_source_frames(
         at=datetime.now(UTC),
     )
     [seg_obj, sr_obj] = out["objects"]["default"]
+    assert len(out["source_repairs"]) == pattern.repairs, out["source_repairs"]
+    for obj in (seg_obj, sr_obj):
+        assert dciodvfy_errors(Path(obj["path"])) == [], obj["kind"]
     seg = hd.seg.segread(seg_obj["path"])
     stack_uids = set(np.load(Path(summary["path"]) / series["mask"])["sop_instance_uids"].tolist())
     assert chosen["spacing"] is not None

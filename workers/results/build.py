@@ -27,6 +27,7 @@ from workers.inference.manifest import Manifest
 from workers.results.keyimages import build_key_images
 from workers.results.pmap import build_confidence_map
 from workers.results.seg import Mask, ResultError, build_seg
+from workers.results.sources import repair
 from workers.results.sr import build_sr
 
 OBJECTS = "objects"
@@ -56,11 +57,30 @@ def write_object(ds: Dataset, folder: Path, kind: str) -> Path:
     return path
 
 
+# References to a study or a procedure step, not to an instance (ReferencedStudySequence,
+# ReferencedPerformedProcedureStepSequence): their "instance" is a Study Instance UID.
+_NOT_INSTANCES = (
+    "1.2.840.10008.3.1.2.3.1",  # Detached Study Management
+    "1.2.840.10008.3.1.2.3.2",  # Study Component Management
+    "1.2.840.10008.3.1.2.3.3",  # Modality Performed Procedure Step
+)
+
+
 def _referenced_uids(ds: Dataset) -> set[str]:
+    """Every instance the object references, wherever in it (not studies or procedure steps)."""
     found: set[str] = set()
-    for elem in ds.iterall():
-        if elem.keyword == "ReferencedSOPInstanceUID":
-            found.add(str(elem.value))
+
+    def walk(item: Dataset) -> None:
+        for elem in item:
+            if elem.VR == "SQ":
+                for child in elem.value:
+                    walk(child)
+            elif elem.keyword == "ReferencedSOPInstanceUID" and (
+                str(item.get("ReferencedSOPClassUID", "")) not in _NOT_INSTANCES
+            ):
+                found.add(str(elem.value))
+
+    walk(ds)
     return found
 
 
@@ -152,8 +172,9 @@ def build_results(
     built: dict[tuple[str, ...], tuple[Dataset, dict[str, str]]] = {}
     key_images: dict[tuple[str, int], list[dict[str, str]]] = {}
     timings = {"seg": 0.0, "pm": 0.0, "sr": 0.0, "sc": 0.0, "validate": 0.0}
+    notes: dict[str, None] = {}  # source attributes repaired before copying, in order
     if "seg" not in manifest.outputs:
-        return {"objects": per_profile, "timings_s": timings}
+        return {"objects": per_profile, "timings_s": timings, "source_repairs": list(notes)}
 
     def once(key: tuple[str, ...], kind: str, make: Any, **check: Any) -> dict[str, str]:
         if key not in built:
@@ -174,6 +195,8 @@ def build_results(
             raise ResultError(f"source instance {missing[0]} is no longer stored")
         uids = list(dict.fromkeys(mask.sop_instance_uids))
         sources = {u: dcmread(source_paths[u]) for u in uids}
+        for ds in sources.values():
+            notes.update(dict.fromkeys(repair(ds)))
         suid = series["series_uid"]
         for name, profile in profiles.items():
             omit = str(profile.omit_empty_frames)
@@ -252,4 +275,4 @@ def build_results(
                     )
                     timings["sc"] += time.perf_counter() - t0
                 per_profile[name].extend(key_images[key])
-    return {"objects": per_profile, "timings_s": timings}
+    return {"objects": per_profile, "timings_s": timings, "source_repairs": list(notes)}

@@ -66,7 +66,7 @@ def building(what: str) -> Iterator[None]:
         with quiet_person_names():
             yield
     except (ValueError, TypeError) as exc:
-        raise ResultError(f"cannot build {what}: {exc}") from None
+        raise ResultError(f"cannot build {what}: {exc}") from exc
 
 
 def segment_descriptions(manifest: Manifest) -> list[hd.seg.SegmentDescription]:
