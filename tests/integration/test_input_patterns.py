@@ -357,7 +357,9 @@ def test_processed_pattern_lands_on_its_source_frames(
     for obj in (seg_obj, sr_obj):
         assert dciodvfy_errors(Path(obj["path"])) == [], obj["kind"]
     seg = hd.seg.segread(seg_obj["path"])
-    stack_uids = set(np.load(Path(summary["path"]) / series["mask"])["sop_instance_uids"].tolist())
+    with np.load(Path(summary["path"]) / series["mask"]) as npz:
+        saved = {key: npz[key] for key in npz.files}
+    stack_uids = set(saved["sop_instance_uids"].tolist())
     assert chosen["spacing"] is not None
     assert len(stack_uids) == chosen["frames"]
     referenced = {
@@ -388,7 +390,6 @@ def test_processed_pattern_lands_on_its_source_frames(
             ipp + np.outer(cols * seg_dx, seg_iop[:3]) + np.outer(rows * seg_dy, seg_iop[3:])
         )
 
-    saved = np.load(Path(summary["path"]) / series["mask"])
     stack = [sources[str(u)] for u in saved["sop_instance_uids"]]
     extents = _extents(stack)
     iop = rc.floats(stack[0].ImageOrientationPatient)

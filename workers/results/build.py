@@ -34,14 +34,14 @@ OBJECTS = "objects"
 
 
 def load_mask(path: Path) -> Mask:
-    saved = np.load(path)
-    return Mask(
-        labels=saved["labels"],
-        sop_instance_uids=tuple(str(u) for u in saved["sop_instance_uids"]),
-        frame_numbers=tuple(int(n) for n in saved["frame_numbers"]),
-        probabilities=saved["probabilities"] if "probabilities" in saved.files else None,
-        confidence=saved["confidence"] if "confidence" in saved.files else None,
-    )
+    with np.load(path) as saved:  # an NpzFile holds its file open until closed
+        return Mask(
+            labels=saved["labels"],
+            sop_instance_uids=tuple(str(u) for u in saved["sop_instance_uids"]),
+            frame_numbers=tuple(int(n) for n in saved["frame_numbers"]),
+            probabilities=saved["probabilities"] if "probabilities" in saved.files else None,
+            confidence=saved["confidence"] if "confidence" in saved.files else None,
+        )
 
 
 def write_object(ds: Dataset, folder: Path, kind: str) -> Path:
