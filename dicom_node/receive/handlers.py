@@ -203,35 +203,12 @@ def index_header(event: Event) -> Dataset:
     if ts.is_deflated:
         return event.dataset
     raw = cast(BytesIO, cast(C_STORE, event.request).DataSet).getbuffer()
-    header = read_dataset(
+    return read_dataset(
         BytesIO(raw),
         ts.is_implicit_VR,
         ts.is_little_endian,
         stop_when=lambda tag, _vr, _length: tag > LAST_INDEXED_TAG,
     )
-    if str(header.get("SOPClassUID", "")) not in ENHANCED_IMAGE_CLASSES:
-        return header
-    # enhanced multi-frame: orientation and thickness are in the shared functional groups
-    return read_dataset(
-        BytesIO(raw),
-        ts.is_implicit_VR,
-        ts.is_little_endian,
-        stop_when=lambda tag, _vr, _length: tag > SHARED_FUNCTIONAL_GROUPS,
-    )
-
-
-SHARED_FUNCTIONAL_GROUPS = 0x52009229  # read up to it; the per-frame groups (5200,9230) follow
-ENHANCED_IMAGE_CLASSES = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT
-        "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT
-        "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR
-        "1.2.840.10008.5.1.4.1.1.4.3",  # Enhanced MR Color
-        "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR
-        "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET
-        "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET
-    }
-)
 
 
 def _requested(assoc: Association) -> A_ASSOCIATE:

@@ -153,38 +153,7 @@ def _attributes(ds: Dataset) -> dict[str, Any]:
             raise Rejected(
                 statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"{keyword} not decodable"
             ) from exc
-    for keyword, value in _functional_groups(ds).items():
-        if out.get(keyword) is None:
-            out[keyword] = value
     return out
-
-
-_IN_GROUPS = {
-    "ImageOrientationPatient": "PlaneOrientationSequence",
-    "SliceThickness": "PixelMeasuresSequence",
-}
-
-
-def _functional_groups(ds: Dataset) -> dict[str, Any]:
-    """An enhanced multi-frame instance keeps its orientation and thickness in the shared (else
-    the first per-frame) functional groups, not at the top level; routing needs them."""
-    if "SharedFunctionalGroupsSequence" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
-        return {}
-    found: dict[str, Any] = {}
-    try:
-        items = [
-            *(ds.get("SharedFunctionalGroupsSequence") or [])[:1],
-            *(ds.get("PerFrameFunctionalGroupsSequence") or [])[:1],
-        ]
-        for keyword, group in _IN_GROUPS.items():
-            for item in items:
-                seq = item.get(group)
-                if seq and seq[0].get(keyword) is not None:
-                    found[keyword] = seq[0].get(keyword)
-                    break
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
-        return found  # tolerant reading: routing then sees no orientation, as before
-    return found
 
 
 def _check_matches_request(attrs: dict[str, Any], req: StoreRequest) -> None:

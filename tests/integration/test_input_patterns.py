@@ -30,17 +30,11 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
-from sqlalchemy import select
 
-from dicom_node.db.models import Instance
 from dicom_node.domain import JobState
-from dicom_node.jobs.facts import study_series_facts
-from dicom_node.jobs.rules import evaluate
-from dicom_node.settings import ProfileSettings, RuleMatch, RuleSettings
+from dicom_node.settings import ProfileSettings
 from tests import recompose as rc
-from tests.helpers import RunningNode, free_port
+from tests.helpers import free_port
 from tests.integration.test_export import destination
 from tests.integration.test_inference import run_model
 from tests.integration.test_queue import Scenario
@@ -516,39 +510,3 @@ def test_ct_tissue_end_to_end_on_tilted_ct_with_two_spacings(
     report = json.loads((out / "evaluation.json").read_text())
     assert [case["frames"] for case in report["cases"]] == [42]
     assert report["labels"]["bone"]["dice"] >= 0.8, report["labels"]["bone"]
-
-
-def test_enhanced_multiframe_mr_is_routed_by_its_functional_group_orientation(
-    testdata: Path, node: RunningNode
-) -> None:
-    """Its orientation lives in the functional groups, not at the top level: the index reads it
-    from there, so a rule on orientation takes the series."""
-    slices = rc.new_series(rc.read_series(testdata, rc.POSITIONS["HFS"]), "enhanced sagittal")
-    with quiet_person_names():
-        mf = hd.legacy.LegacyConvertedEnhancedMRImage(
-            slices, slices[0].SeriesInstanceUID, 1, hd.UID(), 1
-        )
-    assert "ImageOrientationPatient" not in mf
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(mf.SOPClassUID, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOM_NODE")
-    assert assoc.is_established
-    try:
-        assert assoc.send_c_store(mf).Status == 0
-    finally:
-        assoc.release()
-    with node.engine.connect() as conn:
-        [facts] = study_series_facts(conn, str(mf.StudyInstanceUID)) or []
-    assert facts.orientation == "SAGITTAL" and facts.slice_thickness_mm == pytest.approx(4.0)
-    rule = RuleSettings(
-        name="mr-sag", models=("m",), match=RuleMatch(modality=("MR",), orientation=("SAGITTAL",))
-    )
-    [outcome] = evaluate([rule], [facts])
-    assert outcome.chosen == (facts.series_uid,)
-    vol = load_series([node.settings.storage.root / p for p in _stored_paths(node)])
-    assert len(vol.frames) == 35 and vol.spacing == "uniform 4.80 mm"
-
-
-def _stored_paths(node: RunningNode) -> list[Path]:
-    with node.engine.connect() as conn:
-        return [Path(p) for p in conn.execute(select(Instance.path)).scalars()]
