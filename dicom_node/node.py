@@ -78,6 +78,7 @@ def job_maker(settings: Settings) -> OnComplete:
             study_uid=study_uid,
             rules=settings.rules,
             settings=settings.jobs,
+            storage_root=settings.storage.root,
             at=at,
         )
 

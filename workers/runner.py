@@ -64,7 +64,13 @@ def job_input(engine: Engine, job_id: str, settings: Settings) -> JobInput:
     missing = [uid for uid, paths in by_series.items() if not paths]
     if missing:
         raise Permanent(f"series {missing[0]} has no stored instances")
-    series = tuple(SeriesInput(uid, tuple(sorted(paths))) for uid, paths in by_series.items())
+    number = (job.stack or {}).get("number")
+    series = tuple(
+        SeriesInput(
+            uid, tuple(sorted(paths)), stack=number, stack_frames=(job.stack or {}).get("frames")
+        )
+        for uid, paths in by_series.items()
+    )
     rule = settings.rule(job.rule)
     if rule is None:
         return JobInput(job_id, job.attempts, job.model, series)

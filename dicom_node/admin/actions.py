@@ -64,6 +64,7 @@ def force_complete(engine: Engine, settings: Settings, study_uid: str, actor: st
             study_uid=study_uid,
             rules=settings.rules,
             settings=settings.jobs,
+            storage_root=settings.storage.root,
             at=now,
             actor=actor,
         )
@@ -84,6 +85,7 @@ def rerun(engine: Engine, settings: Settings, study_uid: str, actor: str) -> lis
             study_uid=study_uid,
             rules=settings.rules,
             settings=settings.jobs,
+            storage_root=settings.storage.root,
             at=now,
             actor=actor,
             rerun=True,

@@ -137,6 +137,10 @@ def jobs(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption =
             f"{r['state']:<14} {tries:>5}  {r['model']:<20} {r['rule']:<20} "
             f"{r['job_id']} {r['study_uid']}"
         )
+        if r["stack"]:
+            typer.echo(f"{'':<22}{r['stack']['label']}")
+        if r["error"]:
+            typer.echo(f"{'':<22}error: {r['error']}")
 
 
 @exports_app.callback(invoke_without_command=True)
@@ -268,15 +272,15 @@ def studies_show(uid: str, config: ConfigOption = None) -> None:
 
 @rules_app.command("test")
 def rules_test(uid: str, as_json: JsonOption = False, config: ConfigOption = None) -> None:
-    """Dry run: which model would run on which series of a study, and why not the others."""
+    """Dry run: which model would run on which stack of a study, and why not the others."""
     from dataclasses import asdict  # noqa: PLC0415
 
-    from dicom_node.jobs.facts import study_series_facts  # noqa: PLC0415
+    from dicom_node.jobs.facts import study_stack_facts  # noqa: PLC0415
     from dicom_node.jobs.rules import evaluate  # noqa: PLC0415
 
     settings = _settings(config)
     with _engine(settings).connect() as conn:
-        facts = study_series_facts(conn, uid)
+        facts = study_stack_facts(conn, uid, settings.storage.root)
     if facts is None:
         typer.echo(f"no study {uid}", err=True)
         raise typer.Exit(1)
@@ -286,15 +290,21 @@ def rules_test(uid: str, as_json: JsonOption = False, config: ConfigOption = Non
         return
     if not outcomes:
         typer.echo("no [[rules]] configured")
-    described = {f.series_uid: f for f in facts}
+    described = {f.key: f for f in facts}
+    marks = {"chosen": "+", "refused": "!", "not chosen": "-"}
     for o in outcomes:
         verdict = f"runs {', '.join(o.models)} ({o.priority})" if o.chosen else "does not apply"
+        if o.refused:
+            verdict += f"; {len(o.refused)} refused (FAILED jobs)"
         typer.echo(f"rule {o.rule}: {verdict}")
-        for uid_ in o.chosen:
-            f = described[uid_]
-            typer.echo(f"  + {uid_}  {f.modality} {f.instances} inst {f.series_description or ''}")
-        for uid_, why in o.reasons.items():
-            typer.echo(f"  - {uid_}  {why}")
+        for v in o.stacks:
+            f = described[v.key]
+            spacing = f", {v.spacing}" if v.spacing else ""
+            typer.echo(
+                f"  {marks[v.verdict]} {v.series_uid}  {f.modality} "
+                f"{f.series_description or ''!s}".rstrip()
+            )
+            typer.echo(f"      {v.label}{spacing}: {v.why}")
 
 
 @app.command()

@@ -140,6 +140,7 @@ def list_jobs(
             "state": r["state"],
             "priority": "stat" if r["priority"] == 0 else "routine",
             "series_uids": r["series_uids"],
+            "stack": r["stack"],
             "attempts": r["attempts"],
             "max_attempts": r["max_attempts"],
             "error": r["error"],

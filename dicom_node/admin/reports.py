@@ -10,7 +10,7 @@ import io
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -29,7 +29,7 @@ from dicom_node.db.models import (
     utcnow,
 )
 from dicom_node.domain import JobState, phi_hash
-from dicom_node.jobs.facts import study_series_facts
+from dicom_node.jobs.facts import study_stack_facts
 from dicom_node.jobs.rules import evaluate
 from dicom_node.settings import Settings
 
@@ -184,7 +184,7 @@ def timeline(
             .where(AuditEvent.study_uid == study_uid)
             .order_by(AuditEvent.at, AuditEvent.id)
         ).all()
-        facts = study_series_facts(conn, study_uid) or []
+        facts = study_stack_facts(conn, study_uid, settings.storage.root) or []
         aes = sorted(
             set(
                 conn.execute(
@@ -232,6 +232,7 @@ def timeline(
                 "attempts": job.attempts,
                 "error": job.error,
                 "series_uids": job.series_uids,
+                "stack": job.stack,
                 "stages": [
                     _stage("queued", job.queued_at, seconds(study.completed_at, job.queued_at), ""),
                     _stage(
@@ -303,6 +304,8 @@ def timeline(
                 "priority": o.priority,
                 "chosen": list(o.chosen),
                 "not_chosen": o.reasons,
+                "refused": o.refused,
+                "stacks": [asdict(v) for v in o.stacks],
             }
             for o in outcomes
         ],

@@ -152,6 +152,8 @@ class Job(Base):
     rule: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))
     series_uids: Mapped[list[str]] = mapped_column(JSON)
+    # the stack of the series the rule chose: number, label, frames, spacing (None = whole series)
+    stack: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # sha256 of (model, rule, sorted SOP Instance UIDs): the same input never makes two jobs.
     input_key: Mapped[str] = mapped_column(String(64), unique=True)
     priority: Mapped[int] = mapped_column(Integer)  # 0 = stat, 1 = routine

@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, or_, select, update
@@ -19,8 +20,8 @@ from sqlalchemy import Connection, Engine, or_, select, update
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import Instance, Job, Series, utcnow
 from dicom_node.domain import JOB_TRANSITIONS, JobState, check_transition
-from dicom_node.jobs.facts import study_series_facts
-from dicom_node.jobs.rules import evaluate
+from dicom_node.jobs.facts import study_stack_facts
+from dicom_node.jobs.rules import RuleOutcome, SeriesFacts, evaluate
 from dicom_node.settings import JobSettings, RuleSettings
 from dicom_node.storage.index import insert_ignore
 
@@ -47,13 +48,44 @@ _STAMP = {
 def input_key(
     model: str, rule: str, sop_instance_uids: Sequence[str], *, rerun: str | None = None
 ) -> str:
-    """The job's identity; an admin's re-run salts it with its own id, so it is a new job."""
+    """The job's identity; an admin's re-run salts it with its own id, so it is a new job.
+    A frame of a multi-frame instance is ``<SOP Instance UID>/<frame number>``."""
     digest = hashlib.sha256(f"{model}\n{rule}\n".encode())
     if rerun is not None:
         digest.update(f"rerun {rerun}\n".encode())
     for uid in sorted(sop_instance_uids):
         digest.update(uid.encode() + b"\n")
     return digest.hexdigest()
+
+
+def _input(conn: Connection, candidate: SeriesFacts) -> list[str]:
+    """What a candidate runs on, for its input key: the stack's frames, or the whole series."""
+    if candidate.stack is None:
+        return list(
+            conn.execute(
+                select(Instance.sop_instance_uid)
+                .join(Series, Series.id == Instance.series_id)
+                .where(Series.series_uid == candidate.series_uid)
+            ).scalars()
+        )
+    return [
+        f.ref.sop_instance_uid
+        if f.ref.frame_number is None
+        else f"{f.ref.sop_instance_uid}/{f.ref.frame_number}"
+        for f in candidate.stack.frames
+    ]
+
+
+def _stack_column(outcome: RuleOutcome, key: str) -> dict[str, Any] | None:
+    verdict = next(v for v in outcome.stacks if v.key == key)
+    if verdict.stack is None:
+        return None
+    return {
+        "number": verdict.stack,
+        "label": verdict.label,
+        "frames": verdict.slices,
+        "spacing": verdict.spacing,
+    }
 
 
 def create_jobs(
@@ -63,42 +95,46 @@ def create_jobs(
     study_uid: str,
     rules: Sequence[RuleSettings],
     settings: JobSettings,
+    storage_root: Path,
     at: datetime,
     actor: str = "system",
     rerun: bool = False,
 ) -> list[str]:
-    """QUEUED jobs for every (rule, model) that applies; none twice for the same input, unless
-    an admin asks for a ``rerun``."""
-    facts = study_series_facts(conn, study_uid) or []
+    """QUEUED jobs for every (rule, model, chosen stack); none twice for the same input, unless
+    an admin asks for a ``rerun``. A stack the rule matched but that cannot be one volume gets
+    a job made FAILED at once with the refusal, so it shows in ``jobs``, the timeline and the
+    audit log; only the QUEUED ones are returned (to be enqueued after the commit)."""
+    facts = study_stack_facts(conn, study_uid, storage_root) or []
+    by_key = {f.key: f for f in facts}
     created = []
     for outcome in evaluate(rules, facts):
-        if not outcome.chosen:
-            continue
-        sops = list(
-            conn.execute(
-                select(Instance.sop_instance_uid)
-                .join(Series, Series.id == Instance.series_id)
-                .where(Series.series_uid.in_(outcome.chosen))
-            ).scalars()
-        )
-        for model in outcome.models:
-            job_id = str(uuid.uuid4())
-            values = {
-                "id": job_id,
-                "study_id": study_id,
-                "study_uid": study_uid,
-                "rule": outcome.rule,
-                "model": model,
-                "series_uids": list(outcome.chosen),
-                "input_key": input_key(model, outcome.rule, sops, rerun=job_id if rerun else None),
-                "priority": PRIORITY[outcome.priority],
-                "state": str(JobState.QUEUED),
-                "attempts": 0,
-                "max_attempts": settings.max_attempts,
-                "created_at": at,
-                "queued_at": at,
-            }
-            if insert_ignore(conn, Job, values):
+        for key in (*outcome.chosen, *outcome.refused):
+            candidate = by_key[key]
+            sops = _input(conn, candidate)
+            stack = _stack_column(outcome, key)
+            refusal = outcome.refused.get(key)
+            for model in outcome.models:
+                job_id = str(uuid.uuid4())
+                values = {
+                    "id": job_id,
+                    "study_id": study_id,
+                    "study_uid": study_uid,
+                    "rule": outcome.rule,
+                    "model": model,
+                    "series_uids": [candidate.series_uid],
+                    "stack": stack,
+                    "input_key": input_key(
+                        model, outcome.rule, sops, rerun=job_id if rerun else None
+                    ),
+                    "priority": PRIORITY[outcome.priority],
+                    "state": str(JobState.QUEUED),
+                    "attempts": 0,
+                    "max_attempts": settings.max_attempts,
+                    "created_at": at,
+                    "queued_at": at,
+                }
+                if not insert_ignore(conn, Job, values):
+                    continue
                 _audit(
                     conn,
                     job_id,
@@ -108,9 +144,26 @@ def create_jobs(
                     at=at,
                     reason=f"re-run by {actor}" if rerun else "study complete",
                     actor=actor,
-                    details={"rule": outcome.rule, "model": model, "series": list(outcome.chosen)},
+                    details={
+                        "rule": outcome.rule,
+                        "model": model,
+                        "series": [candidate.series_uid],
+                        "stack": stack,
+                    },
                 )
-                created.append(job_id)
+                if refusal is None:
+                    created.append(job_id)
+                    continue
+                transition_job(
+                    conn,
+                    job_id,
+                    JobState.QUEUED,
+                    JobState.FAILED,
+                    at=at,
+                    reason=refusal,
+                    actor=actor,
+                    values={"error": refusal[:1024]},
+                )
     return created
 
 

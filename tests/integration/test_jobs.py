@@ -89,14 +89,16 @@ def test_complete_study_makes_one_job_per_model_and_input(
     wait_for(lambda: node.study(uid)["times_completed"] == 2, 5, "completed again")
     assert len(jobs_of(node, uid)) == 2
 
-    # A late, larger axial series changes the choice: new jobs on it.
-    bigger = []
+    # A late axial series that wins the choice (as many slices, thinner) changes it: new jobs
+    # on it. (Each slice sent twice would not: identical duplicates collapse into one stack.)
+    thinner = []
     new_series = generate_uid()
-    for d in [d for d in study if d.SeriesInstanceUID == axial_uid] * 2:
+    for d in [d for d in study if d.SeriesInstanceUID == axial_uid]:
         d2 = copy.deepcopy(d)
         d2.SeriesInstanceUID, d2.SOPInstanceUID = new_series, generate_uid()
-        bigger.append(d2)
-    send_datasets(node.port, bigger)
+        d2.SliceThickness = 2.0
+        thinner.append(d2)
+    send_datasets(node.port, thinner)
     wait_for(lambda: len(jobs_of(node, uid)) == 4, 5, "new jobs for the new input")
     assert {tuple(j.series_uids) for j in jobs_of(node, uid)[2:]} == {(new_series,)}
 

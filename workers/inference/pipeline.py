@@ -24,6 +24,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from dicom_node.errors import Transient
+from dicom_node.jobs.stacks import GAP_TOLERANCE
 from workers.inference.grid import (
     ModelGrid,
     SourceMaps,
@@ -34,8 +35,7 @@ from workers.inference.grid import (
 )
 from workers.inference.manifest import Manifest
 from workers.inference.runners import LoadedModel, ModelCache, import_object
-from workers.inference.stacks import GAP_TOLERANCE
-from workers.inference.volume import Volume, load_series
+from workers.inference.volume import Volume, VolumeError, load_series
 
 OOM_RETRIES = 3
 MIN_ROI = 16
@@ -45,6 +45,8 @@ MIN_ROI = 16
 class SeriesInput:
     series_uid: str
     paths: tuple[Path, ...]
+    stack: int | None = None  # the stack the rule chose; None = the largest that is one volume
+    stack_frames: int | None = None  # its frame count when the rule chose it
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,14 +191,25 @@ def predict(
     confidence: bool = False,
     gap_tolerance: float = GAP_TOLERANCE,
     interpolate_gaps_mm: float = 0.0,
+    stack: int | None = None,
+    stack_frames: int | None = None,
 ) -> Prediction:
-    """Load, resample, normalise, infer and map back: what the node does with a series, also
-    used by ``dicom-node models evaluate``."""
+    """Load, resample, normalise, infer and map back: what the node does with a series (its
+    stack number ``stack``, else its largest stack that is one volume), also used by
+    ``dicom-node models evaluate``."""
     manifest = model.manifest
     t0 = time.perf_counter()
     volume = load_series(
-        paths, gap_tolerance=gap_tolerance, interpolate_gaps_mm=interpolate_gaps_mm
+        paths,
+        stack=stack,
+        gap_tolerance=gap_tolerance,
+        interpolate_gaps_mm=interpolate_gaps_mm,
     )
+    if stack_frames is not None and len(volume.frames) != stack_frames:
+        raise VolumeError(
+            f"stack {stack} has {len(volume.frames)} frames, but {stack_frames} when the rule "
+            "chose it: the series changed since; re-run the study"
+        )
     t1 = time.perf_counter()
     grid = plan_grid(volume, manifest.preprocessing.target_spacing_mm)
     x = normalise(to_model_grid(volume, grid, model.device), manifest)
@@ -238,6 +251,8 @@ def run_series(
         confidence=job.confidence,
         gap_tolerance=job.gap_tolerance,
         interpolate_gaps_mm=job.interpolate_gaps_mm,
+        stack=series.stack,
+        stack_frames=series.stack_frames,
     )
     volume, grid, (labels, kept, sure) = found.volume, found.grid, found.maps
     mask = out_dir / f"mask-{series.series_uid}.npz"

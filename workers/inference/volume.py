@@ -1,6 +1,6 @@
 """⑤a Series -> stacks -> one volume in patient coordinates, or a refusal that says why.
 
-The series is split into stacks first (``workers.inference.stacks``); the stack a job runs on is
+The series is split into stacks first (``dicom_node.jobs.stacks``); the stack a job runs on is
 the one the rule chose, else the largest stack that is one volume. Geometry comes from each
 frame's own Image Position/Orientation (Patient), never from the order the files arrived in.
 The affine maps a voxel index (column, row, slice, 1) to patient LPS millimetres; its third
@@ -13,7 +13,6 @@ are measured with them (``pipeline.measure``). Nothing is reoriented.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,18 +22,19 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from workers.inference.decode import pixel_array
-from workers.inference.stacks import (
+from dicom_node.jobs.stacks import (
     GAP_TOLERANCE,
     FrameHeader,
     FrameRef,
     GeometryError,
     Layout,
     Stack,
+    frame_digests,
     layout,
     read_headers,
     split_stacks,
 )
+from workers.inference.decode import pixel_array
 
 VolumeError = GeometryError  # the name the pipeline and its callers know
 
@@ -123,19 +123,18 @@ def load_series(
     largest that is one volume."""
     headers: list[FrameHeader] = []
     pixels: dict[FrameRef, _Pixels] = {}
+    digests: dict[FrameRef, bytes] = {}
     for path in paths:
         ds = dcmread(path)
         stored = pixel_array(ds, path)  # undecodable data is the first thing to say
         found = read_headers(ds)
         pixels.update(_frame_pixels(ds, stored, found))
+        digests.update(zip((h.ref for h in found), frame_digests(ds), strict=False))
         headers.extend(found)
     if not headers:
         raise VolumeError("no frames")
-
-    def digest(ref: FrameRef) -> bytes:
-        return hashlib.sha256(np.ascontiguousarray(pixels[ref].stored).tobytes()).digest()
-
-    stacks = split_stacks(headers, digest)
+    # the stored bytes, as the routing rules digest them: both number the stacks alike
+    stacks = split_stacks(headers, digests.__getitem__)
     chosen, chosen_layout, described = choose_stack(
         stacks, stack, gap_tolerance=gap_tolerance, interpolate_gaps_mm=interpolate_gaps_mm
     )

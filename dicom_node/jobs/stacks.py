@@ -1,4 +1,4 @@
-"""⑤a Series -> stacks -> slice layout: what a series holds, before any pixel is stacked.
+"""Series -> stacks -> slice layout: what a series holds, before any pixel is decoded.
 
 A series (or one enhanced multi-frame instance) may hold several stacks: a localizer, repeated
 acquisitions at the same positions (time points, echoes, b-values), a second matrix size. As
@@ -16,17 +16,27 @@ to each neighbour; the one gap for the outer frames). A gap is contiguous when i
 neighbouring slices' thickness (SliceThickness, or the local spacing when it is absent) times a
 tolerance; a wider gap is a refusal that says where and by how much, unless the rule allows
 interpolation across gaps up to ``interpolate_gaps_mm``.
+
+Both sides use this module: the routing rules (④) choose stacks from the stored files' headers
+(``series_stacks``), and the worker (⑤a) splits the decoded series the same way and runs on the
+stack the job names. Duplicates are told apart by a digest of the stored pixel data bytes
+(``pixel_digest``) on both sides, so both number the stacks alike.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
 
 from dicom_node.domain import orientation_label
 from dicom_node.errors import Permanent
@@ -272,6 +282,43 @@ def _enhanced_frame(  # noqa: PLR0917 - one frame's context, all from read_heade
 def normal_of(orientation: np.ndarray) -> np.ndarray:
     n = np.cross(orientation[:3], orientation[3:])
     return np.asarray(n / np.linalg.norm(n))
+
+
+def frame_digests(ds: Dataset) -> list[bytes]:
+    """sha256 of each frame's stored pixel data bytes (encoded as received): what tells an
+    identical duplicate from a repeat at the same position."""
+    data = ds.get("PixelData")
+    n = int(_number(ds.get("NumberOfFrames")) or 1)
+    if data is None:
+        return [b""] * n
+    if n == 1:
+        return [hashlib.sha256(data).digest()]
+    if ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        frames = list(generate_frames(data, number_of_frames=n))
+    else:
+        size = len(data) // n
+        frames = [data[k * size : (k + 1) * size] for k in range(n)]
+    return [hashlib.sha256(f).digest() for f in frames]
+
+
+def series_stacks(paths: Sequence[Path]) -> list[Stack]:
+    """The stacks of the series stored at ``paths``, from the headers; pixel data is read only
+    for frames that share a position. Raises ``GeometryError`` for frames without geometry."""
+    headers: list[FrameHeader] = []
+    where: dict[str, Path] = {}
+    for path in paths:
+        found = read_headers(dcmread(path, stop_before_pixels=True))
+        headers += found
+        where.update((h.ref.sop_instance_uid, path) for h in found)
+
+    @lru_cache(maxsize=4)
+    def digests(path: Path) -> list[bytes]:
+        return frame_digests(dcmread(path))
+
+    def digest(ref: FrameRef) -> bytes:
+        return digests(where[ref.sop_instance_uid])[(ref.frame_number or 1) - 1]
+
+    return split_stacks(headers, digest)
 
 
 # ---- splitting -------------------------------------------------------------------------------
