@@ -17,7 +17,7 @@ Refused cases check the exact refusal text, as an admin reads it in ``jobs``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,11 +30,17 @@ from pydicom import dcmread
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from sqlalchemy import select
 
+from dicom_node.db.models import Instance
 from dicom_node.domain import JobState
-from dicom_node.settings import ProfileSettings
+from dicom_node.jobs.facts import study_stack_facts
+from dicom_node.jobs.rules import evaluate
+from dicom_node.settings import ProfileSettings, RuleMatch, RuleSettings
 from tests import recompose as rc
-from tests.helpers import free_port
+from tests.helpers import RunningNode, free_port
 from tests.integration.test_export import destination
 from tests.integration.test_inference import run_model
 from tests.integration.test_queue import Scenario
@@ -320,6 +326,22 @@ def _pixel_points(ds: Dataset, mask: np.ndarray) -> np.ndarray:
     return origin + np.outer(cols * dx, iop[:3]) + np.outer(rows * dy, iop[3:])
 
 
+def seg_frames(
+    seg: hd.seg.Segmentation, sources: dict[str, Dataset]
+) -> Iterator[tuple[np.ndarray, np.ndarray, Dataset, int, float]]:
+    """Each SEG frame with its own ImagePositionPatient, its source frame, segment number and
+    area (mm²), after checking that it lies on the source frame's plane (within 0.01 mm)."""
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        [source] = item.DerivationImageSequence[0].SourceImageSequence
+        ds = sources[source.ReferencedSOPInstanceUID]
+        ipp = rc.floats(item.PlanePositionSequence[0].ImagePositionPatient)
+        np.testing.assert_allclose(ipp, rc.floats(ds.ImagePositionPatient), atol=0.01)
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        yield frame, ipp, ds, number, float(frame.sum()) * dx * dy
+
+
 @pytest.mark.parametrize("name", list(PROCESSED))
 def test_processed_pattern_lands_on_its_source_frames(
     name: str, testdata: Path, tmp_path: Path, models_root: Path
@@ -368,17 +390,10 @@ def test_processed_pattern_lands_on_its_source_frames(
     shared = seg.SharedFunctionalGroupsSequence[0]
     seg_iop = rc.floats(shared.PlaneOrientationSequence[0].ImageOrientationPatient)
     seg_dy, seg_dx = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
-    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     areas: dict[int, dict[str, float]] = {}
     seg_points: dict[int, list[np.ndarray]] = {}
-    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        [source] = item.DerivationImageSequence[0].SourceImageSequence
-        ds = sources[source.ReferencedSOPInstanceUID]
-        ipp = rc.floats(item.PlanePositionSequence[0].ImagePositionPatient)
-        np.testing.assert_allclose(ipp, rc.floats(ds.ImagePositionPatient), atol=0.01)
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        dy, dx = (float(v) for v in ds.PixelSpacing)
-        areas.setdefault(number, {})[str(ds.SOPInstanceUID)] = float(frame.sum()) * dx * dy
+    for frame, ipp, ds, number, area in seg_frames(seg, sources):
+        areas.setdefault(number, {})[str(ds.SOPInstanceUID)] = area
         rows, cols = np.nonzero(frame)
         seg_points.setdefault(number, []).append(
             ipp + np.outer(cols * seg_dx, seg_iop[:3]) + np.outer(rows * seg_dy, seg_iop[3:])
@@ -454,14 +469,7 @@ def test_ct_tissue_end_to_end_on_tilted_ct_with_two_spacings(
     archive = tmp_path / "archive"
     with storescp(archive) as archive_port:
         s = Scenario(tmp_path / "node", series_dir, broker=None, port=free_port())
-        rule = 'name = "ct"\nmodels = ["threshold"]\n'
-        config = s.config.read_text()
-        s.config.write_text(
-            config.replace(rule, 'name = "ct"\nmodels = ["ct-tissue"]\n').replace(
-                f'root = "{tmp_path / "node" / "models"}"', f'root = "{MODELS}"'
-            )
-            + destination("archive", "STORESCP", archive_port)
-        )
+        s.route_to("ct-tissue", MODELS, extra=destination("archive", "STORESCP", archive_port))
         try:
             s.node.start()
             uid = s.send()
@@ -478,17 +486,9 @@ def test_ct_tissue_end_to_end_on_tilted_ct_with_two_spacings(
     for path in (seg_path, sr_path):
         assert dciodvfy_errors(path) == [], path.name
     seg = hd.seg.segread(seg_path)
-    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     extents = _extents(list(sources.values()))
     expected_ml: dict[int, float] = {}
-    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        [source] = item.DerivationImageSequence[0].SourceImageSequence
-        ds = sources[source.ReferencedSOPInstanceUID]
-        ipp = rc.floats(item.PlanePositionSequence[0].ImagePositionPatient)
-        np.testing.assert_allclose(ipp, rc.floats(ds.ImagePositionPatient), atol=0.01)
-        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        dy, dx = (float(v) for v in ds.PixelSpacing)
-        area = float(frame.sum()) * dx * dy
+    for _, _, ds, number, area in seg_frames(seg, sources):
         expected_ml[number] = (
             expected_ml.get(number, 0.0) + area * extents[ds.SOPInstanceUID] / 1000
         )
@@ -510,3 +510,42 @@ def test_ct_tissue_end_to_end_on_tilted_ct_with_two_spacings(
     report = json.loads((out / "evaluation.json").read_text())
     assert [case["frames"] for case in report["cases"]] == [42]
     assert report["labels"]["bone"]["dice"] >= 0.8, report["labels"]["bone"]
+
+
+def test_enhanced_multiframe_mr_is_routed_by_its_functional_group_orientation(
+    testdata: Path, node: RunningNode
+) -> None:
+    """Its orientation lives in the functional groups, not at the top level: the rules see the
+    stacks split from the per-frame groups, so a rule on orientation takes it."""
+    slices = rc.new_series(rc.read_series(testdata, rc.POSITIONS["HFS"]), "enhanced sagittal")
+    with quiet_person_names():
+        mf = hd.legacy.LegacyConvertedEnhancedMRImage(
+            slices, slices[0].SeriesInstanceUID, 1, hd.UID(), 1
+        )
+    assert "ImageOrientationPatient" not in mf
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(mf.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="DICOM_NODE")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_store(mf).Status == 0
+    finally:
+        assoc.release()
+    uid = str(mf.StudyInstanceUID)
+    with node.engine.connect() as conn:
+        [facts] = study_stack_facts(conn, uid, node.settings.storage.root) or []
+    assert facts.orientation == "SAGITTAL" and facts.slice_thickness_mm == pytest.approx(4.0)
+    assert facts.instances == 35
+    rule = RuleSettings(
+        name="mr-sag", models=("m",), match=RuleMatch(modality=("MR",), orientation=("SAGITTAL",))
+    )
+    [outcome] = evaluate([rule], [facts])
+    assert outcome.chosen == (facts.series_uid,)
+    [verdict] = outcome.stacks
+    assert verdict.spacing == "uniform 4.80 mm" and verdict.label.startswith("stack 1, sagittal")
+    with node.engine.connect() as conn:
+        stored = [
+            node.settings.storage.root / p for p in conn.execute(select(Instance.path)).scalars()
+        ]
+    vol = load_series(stored)
+    assert len(vol.frames) == 35 and vol.spacing == "uniform 4.80 mm"

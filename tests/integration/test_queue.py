@@ -130,6 +130,7 @@ class Scenario:
         port: int | None = None,
     ) -> None:
         self.tmp = tmp
+        self.model = model
         self.port = port or free_port()
         build_model(tmp / "models", "threshold", "torchscript", extra=model_extra)
         queue = f'broker_url = "{broker}"\n' if broker else ""
@@ -162,6 +163,21 @@ modality = ["CT"]
         self.files = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")
         self.workers: list[WorkerProcess] = []
         self.copies: dict[str, str] = {}  # SOP Instance UID of a re-sent copy -> the original
+
+    def route_to(
+        self, model: str, models_root: Path, *, rule_extra: str = "", extra: str = ""
+    ) -> None:
+        """Rewrite the config: the ct rule runs ``model`` from ``models_root`` (``rule_extra``
+        added to the rule), and ``extra`` (a destination, say) appended."""
+        rule = f'name = "ct"\nmodels = ["{self.model}"]\n'
+        config = self.config.read_text()
+        assert rule in config
+        self.config.write_text(
+            config.replace(rule, f'name = "ct"\nmodels = ["{model}"]\n{rule_extra}').replace(
+                f'root = "{self.tmp / "models"}"', f'root = "{models_root}"'
+            )
+            + extra
+        )
 
     def worker(self) -> WorkerProcess:
         w = WorkerProcess(self.config, self.tmp / f"worker{len(self.workers)}.log")

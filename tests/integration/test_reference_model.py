@@ -276,14 +276,11 @@ def test_end_to_end_on_real_ct_with_a_confidence_map(tmp_path: Path, ct_dir: Pat
     archive = tmp_path / "archive"
     with storescp(archive) as archive_port:
         s = Scenario(tmp_path / "node", ct_dir, broker=None, port=free_port())
-        rule = 'name = "ct"\nmodels = ["threshold"]\n'
-        config = s.config.read_text()
-        assert rule in config
-        s.config.write_text(
-            config.replace(
-                rule, 'name = "ct"\nmodels = ["ct-tissue"]\nconfidence_map = true\n'
-            ).replace(f'root = "{tmp_path / "node" / "models"}"', f'root = "{MODELS}"')
-            + destination("archive", "STORESCP", archive_port)
+        s.route_to(
+            "ct-tissue",
+            MODELS,
+            rule_extra="confidence_map = true\n",
+            extra=destination("archive", "STORESCP", archive_port),
         )
         try:
             s.node.start()
