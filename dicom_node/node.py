@@ -95,11 +95,17 @@ class Node:
         self.processes = scp_process_count(settings)
         self._ctx = mp.get_context("spawn")
         self._children: list[BaseProcess] = []
+        # each SCP process's admitted associations: max_associations is node-wide
+        self._counts = self._ctx.Array("i", self.processes)
         self._stop = threading.Event()
 
-    def _spawn(self) -> BaseProcess:
+    def _spawn(self, index: int) -> BaseProcess:
+        with self._counts.get_lock():
+            self._counts[index] = 0  # a dead process's associations died with it
         proc = self._ctx.Process(
-            target=serve_scp_process, args=(self.settings, self.processes), name="dicom-node-scp"
+            target=serve_scp_process,
+            args=(self.settings, self._counts, index),
+            name="dicom-node-scp",
         )
         proc.daemon = True
         proc.start()
@@ -137,7 +143,7 @@ class Node:
             admin = AdminServer(self.settings, prepared.engine, on_change)
             admin.start_and_wait()
         index = Index(prepared.engine)
-        self._children = [self._spawn() for _ in range(self.processes)]
+        self._children = [self._spawn(i) for i in range(self.processes)]
         node = self.settings.node
         log.info(
             "node_started",
@@ -155,7 +161,7 @@ class Node:
                 if not child.is_alive():
                     log.error("scp_process_died", pid=child.pid, exitcode=child.exitcode)
                     index.close_orphaned_associations(pid=child.pid)
-                    self._children[i] = self._spawn()
+                    self._children[i] = self._spawn(i)
             if embedded is not None:
                 try:
                     embedded.supervise()

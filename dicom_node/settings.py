@@ -46,12 +46,20 @@ class NodeSettings(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for modalities on the LAN
     port: int = Field(default=11112, ge=1, le=65535)
     require_called_ae: bool = True
-    max_associations: int = Field(default=32, ge=1)
+    max_associations: int = Field(default=32, ge=1, description="node-wide, all SCP processes")
+    max_unassociated_per_host: int = Field(
+        default=8, ge=1, description="sockets without a complete A-ASSOCIATE-RQ, per host"
+    )
+    max_unassociated: int = Field(default=64, ge=1, description="the same, in total")
     max_pdu_bytes: int = Field(default=262_144, ge=0, description="0 = unlimited")
     scp_processes: int = Field(default=0, ge=0, description="0 = one per CPU core")
-    acse_timeout_s: float = Field(default=30.0, gt=0)
+    acse_timeout_s: float = Field(
+        default=30.0, gt=0, description="the A-ASSOCIATE-RQ must be complete this soon after accept"
+    )
     dimse_timeout_s: float = Field(default=60.0, gt=0)
-    network_timeout_s: float = Field(default=120.0, gt=0)
+    network_timeout_s: float = Field(
+        default=120.0, gt=0, description="each PDU complete within this of its first byte; idle"
+    )
 
 
 class StorageSettings(_Section):
@@ -61,6 +69,11 @@ class StorageSettings(_Section):
     min_free_mb: int = Field(default=1024, ge=0, description="below this, 0xA700 and no new assocs")
     duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
     fsync: bool = True
+    group: str | None = Field(
+        default=None,
+        description="share the storage with this group (files 0660, folders 2770); "
+        "default: the node's user only (0600 / 0700)",
+    )
 
 
 class DatabaseSettings(_Section):
@@ -265,7 +278,12 @@ class AdminSettings(_Section):
         default=None,
         description="signs session cookies; default: a random one kept (0600) in the storage root",
     )
-    session_max_age_s: float = Field(default=8 * 3600, gt=0)
+    session_max_age_s: float = Field(
+        default=8 * 3600, gt=0, description="a session ends this long after login"
+    )
+    session_idle_s: float = Field(
+        default=30 * 60, gt=0, description="or after this long without a request"
+    )
     secure_cookies: bool = Field(default=False, description="true behind an HTTPS proxy")
     metrics_token: SecretStr | None = Field(
         default=None, description="when set, /metrics needs 'Authorization: Bearer TOKEN'"

@@ -175,6 +175,9 @@ def resend(
     return moved
 
 
+ECHO_TEST_TIMEOUT_S = 5.0
+
+
 def echo_destination(engine: Engine, settings: Settings, name: str, actor: str) -> str | None:
     """C-ECHO a destination with its own settings; ``None`` on success, else the error.
     The test is audited (an admin's action), whatever its outcome."""
@@ -183,6 +186,13 @@ def echo_destination(engine: Engine, settings: Settings, name: str, actor: str) 
     dest = settings.destination(name)
     if dest is None:
         raise NotFoundError(f"no destination {name!r}")
+    # an admin is waiting: a destination that hangs answers "timeout" in seconds, not minutes
+    dest = dest.model_copy(
+        update={
+            "acse_timeout_s": min(dest.acse_timeout_s, ECHO_TEST_TIMEOUT_S),
+            "dimse_timeout_s": min(dest.dimse_timeout_s, ECHO_TEST_TIMEOUT_S),
+        }
+    )
     started = datetime.now(UTC)
     error = scu_echo(dest, dest.calling_ae or settings.node.ae_title) or None
     with engine.begin() as conn:

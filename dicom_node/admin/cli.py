@@ -42,13 +42,21 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
-def _settings(config: Path | None) -> Settings:
+def _settings(config: Path | None, *, create: bool = False) -> Settings:
+    """The settings, the logs configured, and the file modes set (``storage.modes``)."""
     try:
         settings = load_settings(config)
     except SettingsError as exc:
         typer.echo(f"dicom-node: {exc}", err=True)
         raise typer.Exit(2) from None
     logs.configure(settings.logging.level, json_output=settings.logging.json_output)
+    from dicom_node.storage.modes import FileModeError, secure  # noqa: PLC0415
+
+    try:
+        secure(settings, create=create)
+    except FileModeError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(2) from None
     return settings
 
 
@@ -66,7 +74,7 @@ def serve(config: ConfigOption = None) -> None:
     """Run the node: Storage SCP, completion sweeper (embedded defaults: SQLite, no Redis)."""
     from dicom_node.node import Node  # noqa: PLC0415
 
-    Node(_settings(config)).run()
+    Node(_settings(config, create=True)).run()
 
 
 @app.command()

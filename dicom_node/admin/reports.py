@@ -611,6 +611,16 @@ def audit_event_types(engine: Engine) -> list[str]:
         return sorted(conn.execute(select(AuditEvent.event_type).distinct()).scalars())
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> str:
+    """A cell a spreadsheet will not run (OWASP CSV injection): text that starts like a formula
+    gets a leading apostrophe. User-typed values reach the audit log (a failed login's name)."""
+    text = "" if value is None else str(value)
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def audit_csv(rows: list[dict[str, Any]]) -> str:
     import json  # noqa: PLC0415
 
@@ -619,16 +629,17 @@ def audit_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerow(AUDIT_COLUMNS)
     for r in rows:
         writer.writerow(
-            [
+            csv_cell(v)
+            for v in (
                 r["id"],
                 r["at"],
                 r["event"],
                 r["actor"],
-                r["study_uid"] or "",
-                r["entity_type"] or "",
-                r["entity_id"] or "",
+                r["study_uid"],
+                r["entity_type"],
+                r["entity_id"],
                 json.dumps(r["details"], sort_keys=True),
-            ]
+            )
         )
     return buf.getvalue()
 

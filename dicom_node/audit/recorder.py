@@ -17,6 +17,7 @@ class AuditEventType(enum.StrEnum):
     STUDY_REOPENED = "study.reopened"
     INSTANCE_DUPLICATE = "instance.duplicate"
     INSTANCE_OVERWRITTEN = "instance.overwritten"
+    INSTANCE_CONFLICT = "instance.conflict"
     RECOVERY_INDEXED = "recovery.indexed"
     RECOVERY_QUARANTINED = "recovery.quarantined"
     ASSOCIATIONS_CLOSED_AT_START = "associations.closed_at_start"
@@ -43,6 +44,7 @@ class AuditEventType(enum.StrEnum):
     USER_LOGIN = "user.login"
     USER_LOGIN_FAILED = "user.login_failed"
     USER_LOGOUT = "user.logout"
+    USER_LOGIN_ALARM = "user.login_alarm"
 
 
 def record(

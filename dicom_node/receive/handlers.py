@@ -168,6 +168,7 @@ class ScpHandlers:
             dataset=lambda: index_header(event),
             encoded=event.encoded_dataset,
             association_id=state.id if state else None,
+            raw=lambda: cast(BytesIO, rq.DataSet).getbuffer(),
         )
         try:
             outcome = self.intake.accept(req, state.cache if state else AssociationCache())
@@ -220,7 +221,7 @@ def _requested(assoc: Association) -> A_ASSOCIATE:
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
-    ds.ErrorComment = comment
+    ds.ErrorComment = comment[:64]  # LO
     return ds
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Engine
 
 from dicom_node.db.session import make_engine
 from dicom_node.receive.ae import build_ae
 from dicom_node.receive.handlers import ScpHandlers
-from dicom_node.receive.server import NodeAssociationServer
+from dicom_node.receive.server import Admission, NodeAssociationServer, Unassociated
 from dicom_node.receive.tls import server_context
 from dicom_node.settings import Settings
 from dicom_node.storage.index import Index
@@ -26,8 +26,11 @@ class Scp:
     engine: Engine
 
 
-def build_scp(settings: Settings, *, processes: int = 1, engine: Engine | None = None) -> Scp:
-    """A bound, listening (not yet serving) association server for this process."""
+def build_scp(
+    settings: Settings, *, engine: Engine | None = None, admission: Admission | None = None
+) -> Scp:
+    """A bound, listening (not yet serving) association server for this process; ``admission``
+    shares ``max_associations`` with the node's other SCP processes."""
     engine = engine or make_engine(settings.database.url.get_secret_value())
     layout = StorageLayout(settings.storage.root)
     layout.create()
@@ -41,7 +44,7 @@ def build_scp(settings: Settings, *, processes: int = 1, engine: Engine | None =
         layout, writer, index, overwrite=settings.storage.duplicate_policy == "overwrite"
     )
     handlers = ScpHandlers(intake, index, writer, settings.security.allowed_hosts)
-    ae = build_ae(settings, processes=processes)
+    ae = build_ae(settings)
     server = cast(
         NodeAssociationServer,
         ae.make_server(
@@ -52,14 +55,21 @@ def build_scp(settings: Settings, *, processes: int = 1, engine: Engine | None =
         ),
     )
     server.tls_handshake_timeout_s = settings.security.tls_handshake_timeout_s
+    node = settings.node
+    server.network_timeout_s = node.network_timeout_s
+    server.admission = admission or Admission(node.max_associations)
+    server.unassociated = Unassociated(
+        node.max_unassociated_per_host, node.max_unassociated, node.acse_timeout_s
+    )
     ae._servers.append(server)  # as AE.start_server does, so server.shutdown() can unregister
     return Scp(server=server, handlers=handlers, engine=engine)
 
 
-def serve_scp_process(settings: Settings, processes: int) -> None:
-    """Entry point of one SCP child process (spawned by ``dicom_node.node``)."""
+def serve_scp_process(settings: Settings, counts: Any, index: int) -> None:
+    """Entry point of one SCP child process (spawned by ``dicom_node.node``); ``counts`` holds
+    each process's admitted associations, this one's at ``index``."""
     from dicom_node import logs  # noqa: PLC0415
 
     logs.configure(settings.logging.level, json_output=settings.logging.json_output)
-    scp = build_scp(settings, processes=processes)
+    scp = build_scp(settings, admission=Admission(settings.node.max_associations, counts, index))
     scp.server.serve_forever(poll_interval=0.5)

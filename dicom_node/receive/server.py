@@ -1,55 +1,291 @@
-"""The association server: socket options pynetdicom does not set, and TLS off the accept loop.
+"""The association server: socket options pynetdicom does not set, bounds on what a peer can
+make the node hold, and TLS off the accept loop.
 
 - ``SO_REUSEPORT``: several SCP processes listen on one port; the kernel spreads associations
   across them (PITFALLS 2: one pynetdicom process does not scale with threads).
 - ``TCP_NODELAY`` on every accepted socket (PITFALLS 1).
 - TLS: the accept loop only accepts; each connection's handshake runs in its own thread with a
   timeout, so a client that never starts the handshake blocks nobody (PITFALLS 6).
-- Two small, measured changes to pynetdicom's receive path (PITFALLS 2b), both per association
-  through ``NodeRequestHandler``: the DUL reactor's idle poll drops from 1 ms to 0.2 ms, and a
-  PDU is read with ``recv_into`` into one buffer instead of 4 KiB ``recv`` calls. Together they
-  took about 10-15 % off a 216-instance CT send (bench/ingest.py).
+- Bounded receive (``BoundedSocket``): a PDU's declared length is checked against the limit
+  before any body byte is read: ``MAX_ASSOCIATE_RQ_BYTES`` before association, the maximum PDU
+  length the node offered after it. Over the limit, the peer gets an A-ABORT and the socket
+  closes. The body is read into a buffer that grows with what arrives, never with what is
+  claimed, and each PDU must arrive complete within ``network_timeout_s`` of its first byte.
+- Sockets that have not yet sent a complete A-ASSOCIATE-RQ (``Unassociated``) have a deadline
+  of ``acse_timeout_s`` from accept and their own cap, per host and in total; over the cap the
+  oldest is closed, so idle or half-open sockets cannot take the slots real senders need. They
+  do not count against ``max_associations``.
+- ``Admission``: ``max_associations`` is node-wide, shared by the SCP processes through one
+  counter per process in shared memory, so a burst is admitted in full however the kernel
+  spreads it.
+- The DUL reactor's idle poll drops from 1 ms to 0.2 ms (PITFALLS 2b; bench/ingest.py).
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import socket
 import ssl
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node.logs import get_logger
+from dicom_node.receive import statuses
 
 log = get_logger(__name__)
 
 
 DUL_IDLE_POLL_S = 0.0002
+MAX_ASSOCIATE_RQ_BYTES = 256 * 1024  # 128 contexts with every syntax, and user identity, fit
+UNLIMITED_PDU_CAP = 64 * 1024 * 1024  # max_pdu_bytes = 0 still has a ceiling
+READ_CHUNK = 256 * 1024
+# A-ABORT, service-provider initiated, invalid PDU parameter value (PS3.8 §9.3.8)
+A_ABORT_INVALID_PARAMETER = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
 
 
-class PreallocatingSocket(AssociationSocket):
-    """Reads a whole PDU with ``recv_into`` into one preallocated buffer."""
+class PduLimitError(OSError):
+    """The peer broke a receive bound; the socket is closed (pynetdicom's Evt17)."""
+
+
+class Admission:
+    """Node-wide association slots: one counter per SCP process, in shared memory."""
+
+    def __init__(self, limit: int, counts: Any = None, index: int = 0) -> None:
+        self.limit = limit
+        self.counts: Any = counts if counts is not None else mp.get_context("spawn").Array("i", 1)
+        self.index = index
+
+    def admit(self) -> bool:
+        with self.counts.get_lock():
+            if sum(self.counts) >= self.limit:
+                return False
+            self.counts[self.index] += 1
+            return True
+
+    def release(self) -> None:
+        with self.counts.get_lock():
+            self.counts[self.index] = max(0, self.counts[self.index] - 1)
+
+    @property
+    def in_use(self) -> int:
+        with self.counts.get_lock():
+            return int(sum(self.counts))
+
+
+class NodeAssociation(Association):
+    """An acceptor that gives its node-wide slot back however it ends, and answers a C-STORE
+    that pynetdicom would ignore (an empty Affected SOP Instance UID, say) with a status."""
+
+    admission: Admission | None = None
+    admitted: bool = False
+    waiting: tuple[Unassociated, BoundedSocket] | None = None
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if isinstance(msg, C_STORE) and msg.MessageID is not None and not msg.is_valid_request:
+            missing = [k for k in C_STORE.REQUEST_KEYWORDS if getattr(msg, k) is None]
+            uid = {"AffectedSOPClassUID", "AffectedSOPInstanceUID"} & set(missing)
+            rsp = C_STORE()
+            rsp.MessageIDBeingRespondedTo = msg.MessageID
+            rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+            rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+            rsp.Status = (
+                statuses.CANNOT_UNDERSTAND_INVALID_UID
+                if uid
+                else statuses.CANNOT_UNDERSTAND_UNPARSEABLE
+            )
+            comment = f"C-STORE request without {', '.join(missing)}"[:64]
+            rsp.ErrorComment = comment  # type: ignore[assignment]
+            log.warning(
+                "c_store_failed",
+                peer=str(self.requestor.address),
+                status=f"0x{rsp.Status:04X}",
+                error_comment=rsp.ErrorComment,
+            )
+            self.dimse.send_msg(rsp, context_id)
+            return
+        super()._serve_request(msg, context_id)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            if self.waiting is not None:  # ended before its request was complete
+                self.waiting[0].done(self.waiting[1])
+            if self.admitted and self.admission is not None:
+                self.admitted = False
+                self.admission.release()
+
+
+@dataclass
+class _Waiting:
+    sock: BoundedSocket
+    host: str
+    deadline: float
+
+
+@dataclass
+class Unassociated:
+    """Sockets accepted but without a complete A-ASSOCIATE-RQ yet: capped and timed out."""
+
+    per_host: int
+    total: int
+    acse_timeout_s: float
+    waiting: dict[int, _Waiting] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, sock: BoundedSocket, host: str) -> None:
+        evict = []
+        with self.lock:
+            self.waiting[id(sock)] = _Waiting(sock, host, time.monotonic() + self.acse_timeout_s)
+            mine = [w for w in self.waiting.values() if w.host == host]
+            if len(mine) > self.per_host:
+                evict.append(min(mine, key=lambda w: w.deadline))
+            elif len(self.waiting) > self.total:
+                evict.append(min(self.waiting.values(), key=lambda w: w.deadline))
+            for w in evict:
+                self.waiting.pop(id(w.sock), None)
+        for w in evict:
+            log.warning("unassociated_socket_evicted", peer=w.host, reason="cap reached")
+            w.sock.hang_up()
+
+    def done(self, sock: BoundedSocket) -> None:
+        with self.lock:
+            self.waiting.pop(id(sock), None)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [w for w in self.waiting.values() if w.deadline <= now]
+            for w in late:
+                self.waiting.pop(id(w.sock), None)
+        for w in late:
+            log.warning("association_request_timed_out", peer=w.host, timeout_s=self.acse_timeout_s)
+            w.sock.hang_up()
+
+    def deadline(self, sock: BoundedSocket) -> float | None:
+        with self.lock:
+            w = self.waiting.get(id(sock))
+            return None if w is None else w.deadline
+
+
+class BoundedSocket(AssociationSocket):
+    """pynetdicom's socket with the receive bounds of this module."""
+
+    unassociated: Unassociated
+    network_timeout_s: float
+    max_pdu_bytes: int
+    _deadline: float = 0.0
+    _pending_body: int | None = None
+
+    def _limit(self) -> int:
+        if not self._assoc.is_established:
+            return MAX_ASSOCIATE_RQ_BYTES
+        return self.max_pdu_bytes or UNLIMITED_PDU_CAP
 
     def recv(self, nr_bytes: int) -> bytearray:
+        if self._pending_body is None:  # a PDU header: its clock starts now
+            before_rq = self.unassociated.deadline(self)
+            self._deadline = time.monotonic() + self.network_timeout_s
+            if before_rq is not None:
+                self._deadline = min(self._deadline, before_rq)
+            header = self._read(nr_bytes)
+            if len(header) == 6 and 0x01 <= header[0] <= 0x07:
+                _, _, length = struct.unpack(">BBL", header)
+                if length > self._limit():
+                    self._refuse(
+                        f"PDU length {length} over the limit of {self._limit()}", header[0]
+                    )
+                self._pending_body = length
+            return header
+        self._pending_body = None
+        body = self._read(nr_bytes)
+        if not self._assoc.is_established and len(body) == nr_bytes:
+            self.unassociated.done(self)  # a complete request: admission decides from here
+        return body
+
+    def _read(self, nr_bytes: int) -> bytearray:
+        """Up to ``nr_bytes``, in a buffer that grows with what arrives; short if the peer
+        closed; ``TimeoutError`` past the PDU's deadline."""
         assert self.socket is not None  # noqa: S101 - set while the association runs
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
-        while got < nr_bytes:
-            n = self.socket.recv_into(view[got:], nr_bytes - got)
-            if not n:  # connection closed: return what arrived, as pynetdicom does
-                return buf[:got]
-            got += n
+        buf = bytearray()
+        chunk = bytearray(min(nr_bytes, READ_CHUNK))
+        view = memoryview(chunk)
+        blocking = self.socket.gettimeout()
+        try:
+            return self._fill(buf, view, nr_bytes)
+        finally:
+            if self.socket is not None:
+                self.socket.settimeout(blocking)
+
+    def _fill(self, buf: bytearray, view: memoryview, nr_bytes: int) -> bytearray:
+        assert self.socket is not None  # noqa: S101
+        while len(buf) < nr_bytes:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                log.warning(
+                    "pdu_timed_out",
+                    peer=self._peer(),
+                    received=len(buf),
+                    expected=nr_bytes,
+                    timeout_s=self.network_timeout_s,
+                )
+                raise TimeoutError("PDU not complete before its deadline")
+            self.socket.settimeout(left)
+            try:
+                n = self.socket.recv_into(view, min(len(view), nr_bytes - len(buf)))
+            except TimeoutError:
+                continue  # the loop's deadline check says so
+            if not n:
+                return buf
+            buf += view[:n]
         return buf
+
+    def _refuse(self, reason: str, pdu_type: int) -> None:
+        log.warning("pdu_refused", peer=self._peer(), reason=reason, pdu_type=f"0x{pdu_type:02X}")
+        try:
+            assert self.socket is not None  # noqa: S101
+            self.socket.settimeout(2.0)
+            self.socket.sendall(A_ABORT_INVALID_PARAMETER)
+        except OSError:
+            pass
+        raise PduLimitError(reason)
+
+    def _peer(self) -> str:
+        return str(self._assoc.requestor.address)
+
+    def hang_up(self) -> None:
+        """Close from another thread: the reactor then sees the connection closed (Evt17)."""
+        try:
+            if self.socket is not None:
+                self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class NodeRequestHandler(RequestHandler):
+    server: NodeAssociationServer
+
     def _create_association(self) -> Association:
         assoc = super()._create_association()
         assoc.dul._run_loop_delay = DUL_IDLE_POLL_S
-        if type(assoc.dul.socket) is AssociationSocket:
-            assoc.dul.socket.__class__ = PreallocatingSocket
+        assoc.__class__ = NodeAssociation
+        assoc.admission = self.server.admission  # type: ignore[attr-defined]
+        sock = assoc.dul.socket
+        if type(sock) is AssociationSocket:
+            sock.__class__ = BoundedSocket
+            bounded: BoundedSocket = sock  # type: ignore[assignment]
+            bounded.unassociated = self.server.unassociated
+            bounded.network_timeout_s = self.server.network_timeout_s
+            bounded.max_pdu_bytes = self.ae.maximum_pdu_size
+            self.server.unassociated.add(bounded, str(self.client_address[0]))
+            assoc.waiting = (self.server.unassociated, bounded)  # type: ignore[attr-defined]
         return assoc
 
 
@@ -58,10 +294,28 @@ class NodeAssociationServer(ThreadedAssociationServer):
     block_on_close = False
     request_queue_size = 128
     tls_handshake_timeout_s: float = 10.0
+    network_timeout_s: float = 120.0
+    admission: Admission
+    unassociated: Unassociated
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("request_handler", NodeRequestHandler)
         super().__init__(*args, **kwargs)
+        self.admission = Admission(self.ae.maximum_associations)
+        self.unassociated = Unassociated(8, 64, self.ae.acse_timeout or 30.0)
+        self._watch_stop = threading.Event()
+        threading.Thread(target=self._watch, name="unassociated-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._watch_stop.wait(0.25):
+            try:
+                self.unassociated.expire()
+            except Exception:
+                log.exception("unassociated_watch_failed")
+
+    def server_close(self) -> None:
+        self._watch_stop.set()
+        super().server_close()
 
     def server_bind(self) -> None:
         assert self.socket is not None  # noqa: S101 - set by TCPServer.__init__

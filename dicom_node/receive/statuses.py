@@ -22,6 +22,8 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
 CANNOT_UNDERSTAND_UNPARSEABLE: Final = 0xC000
 CANNOT_UNDERSTAND_INVALID_UID: Final = 0xC001
 CANNOT_UNDERSTAND_MISSING_ATTRIBUTE: Final = 0xC002
+# the SOP Instance UID is already stored under another Study/Series Instance UID
+CANNOT_UNDERSTAND_UID_CONFLICT: Final = 0xC003
 
 # Warning: the instance was stored, with a caveat the sender may log.
 WARNING_ELEMENTS_DISCARDED: Final = 0xB006
@@ -35,4 +37,5 @@ NAMES: Final[dict[int, str]] = {
     CANNOT_UNDERSTAND_UNPARSEABLE: "Error: Cannot understand (unparseable data set)",
     CANNOT_UNDERSTAND_INVALID_UID: "Error: Cannot understand (invalid UID)",
     CANNOT_UNDERSTAND_MISSING_ATTRIBUTE: "Error: Cannot understand (missing attribute)",
+    CANNOT_UNDERSTAND_UID_CONFLICT: "Error: Cannot understand (SOP Instance UID conflict)",
 }

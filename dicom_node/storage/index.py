@@ -57,6 +57,24 @@ class InstanceRecord:
     orientation: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceConflict:
+    """The SOP Instance UID is already indexed under another study or series."""
+
+    sop_instance_uid: str
+    stored_study_uid: str
+    stored_series_uid: str
+
+    @property
+    def comment(self) -> str:  # a C-STORE Error Comment: LO, 64 characters
+        return "SOP Instance UID already stored in another study/series"
+
+
+class _ConflictError(Exception):
+    def __init__(self, conflict: InstanceConflict) -> None:
+        self.conflict = conflict
+
+
 @dataclass(slots=True)
 class AssociationCache:
     """Row ids already ensured by this association (ids never change once written)."""
@@ -133,8 +151,40 @@ class Index:
         *,
         duplicate: bool,
         overwritten: bool,
+    ) -> InstanceConflict | None:
+        """Index one instance; audit duplicates and reopened studies in the same transaction.
+
+        A SOP Instance UID already indexed under another study or series is not indexed (nothing
+        of the new study or series is made, nothing reopened): the conflict is audited, with both
+        places, and returned for the caller to refuse the instance and remove its file."""
+        try:
+            self._record(rec, cache, duplicate=duplicate, overwritten=overwritten)
+        except _ConflictError as exc:
+            cache.studies.pop(rec.key.study_uid, None)  # rolled back with the transaction
+            cache.series.pop(rec.key.series_uid, None)
+            c = exc.conflict
+            with self._begin() as conn:
+                record(
+                    conn,
+                    AuditEventType.INSTANCE_CONFLICT,
+                    study_uid=c.stored_study_uid,
+                    entity_type="instance",
+                    entity_id=c.sop_instance_uid,
+                    details={
+                        "stored_study_uid": c.stored_study_uid,
+                        "stored_series_uid": c.stored_series_uid,
+                        "received_study_uid": rec.key.study_uid,
+                        "received_series_uid": rec.key.series_uid,
+                        "association_id": rec.association_id,
+                        "path": rec.relative_path,
+                    },
+                )
+            return c
+        return None
+
+    def _record(
+        self, rec: InstanceRecord, cache: AssociationCache, *, duplicate: bool, overwritten: bool
     ) -> None:
-        """Index one instance; audit duplicates and reopened studies in the same transaction."""
         with self._begin() as conn:
             study_id = self._ensure_study(conn, rec, cache, touch=not duplicate or overwritten)
             series_id = self._ensure_series(conn, rec, study_id, cache)
@@ -151,7 +201,20 @@ class Index:
                 "duplicates_received": 0,
             }
             inserted = insert_ignore(conn, Instance, values)
-            if inserted or not duplicate:
+            if inserted:
+                return
+            stored = conn.execute(
+                select(Study.study_uid, Series.series_uid)
+                .select_from(Instance)
+                .join(Series, Series.id == Instance.series_id)
+                .join(Study, Study.id == Series.study_id)
+                .where(Instance.sop_instance_uid == rec.key.sop_instance_uid)
+            ).one()
+            if (stored.study_uid, stored.series_uid) != (rec.key.study_uid, rec.key.series_uid):
+                raise _ConflictError(
+                    InstanceConflict(rec.key.sop_instance_uid, stored.study_uid, stored.series_uid)
+                )
+            if not duplicate:
                 return
             where = Instance.sop_instance_uid == rec.key.sop_instance_uid
             changes: dict[str, Any] = {"duplicates_received": Instance.duplicates_received + 1}

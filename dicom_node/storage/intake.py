@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from sqlalchemy.exc import DBAPIError
 
 from dicom_node.db.models import utcnow
 from dicom_node.domain import is_valid_uid, orientation_label
 from dicom_node.errors import Rejected
 from dicom_node.receive import statuses
+from dicom_node.storage import structure
 from dicom_node.storage.index import AssociationCache, Index, InstanceRecord
 from dicom_node.storage.paths import InstanceKey, StorageLayout
 from dicom_node.storage.writer import AtomicWriter
@@ -40,6 +42,7 @@ class StoreRequest:
     dataset: Callable[[], Dataset]  # decoded lazily: parsing errors become a named status
     encoded: Callable[[], bytes]  # the data set exactly as received, with file meta
     association_id: str | None
+    raw: Callable[[], memoryview] | None = None  # the data set as received, no file meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class Intake:
         for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
             if not is_valid_uid(getattr(req, name)):
                 raise Rejected(statuses.CANNOT_UNDERSTAND_INVALID_UID, f"invalid request {name}")
+        _check_structure(req)
         ds = _decode(req)
         attrs = _attributes(ds)
         _check_matches_request(attrs, req)
@@ -99,7 +103,7 @@ class Intake:
             orientation=orientation_label(attrs.get("ImageOrientationPatient")),
         )
         try:
-            self.index.record_instance(
+            conflict = self.index.record_instance(
                 rec,
                 cache,
                 duplicate=stored is not Stored.NEW,
@@ -111,6 +115,11 @@ class Intake:
             raise Rejected(
                 statuses.OUT_OF_RESOURCES_INDEX_BUSY, "index unavailable, retry later"
             ) from exc
+        if conflict is not None:
+            # refused, so nothing is left that the index does not know (audited by the index)
+            if stored is Stored.NEW:
+                final.unlink(missing_ok=True)
+            raise Rejected(statuses.CANNOT_UNDERSTAND_UID_CONFLICT, conflict.comment)
         return StoreOutcome(stored, key, written.size_bytes)
 
 
@@ -132,6 +141,18 @@ _INDEXED_KEYWORDS = (
     "SliceThickness",
     "ImageOrientationPatient",
 )
+
+
+def _check_structure(req: StoreRequest) -> None:
+    """Declared lengths and nesting, before anything is written (``storage.structure``). A
+    deflated data set is checked by its full decode instead."""
+    ts = UID(req.transfer_syntax_uid)
+    if req.raw is None or ts.is_deflated:
+        return
+    try:
+        structure.check(req.raw(), implicit=ts.is_implicit_VR, little=ts.is_little_endian)
+    except structure.StructureError as exc:
+        raise Rejected(statuses.CANNOT_UNDERSTAND_UNPARSEABLE, str(exc)) from None
 
 
 def _decode(req: StoreRequest) -> Dataset:

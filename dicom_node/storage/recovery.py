@@ -3,7 +3,9 @@
 - ``incoming/`` holds only temp files of writes that never finished: nothing was acknowledged for
   them, so they are deleted.
 - A file under ``instances/`` that the index lacks (a crash between rename and commit) is indexed
-  if its own UIDs match its path, and moved to ``quarantine/`` otherwise. Both are audited.
+  if its own UIDs match its path, and moved to ``quarantine/`` otherwise (also when its SOP
+  Instance UID is already indexed under another study or series). Both are audited, and a
+  second scan finds nothing to do: it indexes, audits and reopens nothing.
 """
 
 from __future__ import annotations
@@ -97,7 +99,12 @@ def _index_orphan(
         association_id=None,
         modality=ds.get("Modality"),
     )
-    index.record_instance(rec, cache, duplicate=False, overwritten=False)
+    conflict = index.record_instance(rec, cache, duplicate=False, overwritten=False)
+    if conflict is not None:  # audited by the index; quarantined, so a re-run finds nothing
+        return (
+            f"SOP Instance UID conflict: already indexed in study {conflict.stored_study_uid}, "
+            f"series {conflict.stored_series_uid}"
+        )
     with index.engine.begin() as conn:
         record(
             conn,

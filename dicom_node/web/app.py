@@ -1,11 +1,19 @@
 """The admin web app: server-rendered pages (Jinja2) and the JSON API under ``/api/`` that backs
 them, behind one login; ``/metrics`` for Prometheus.
 
-Auth: users in the index (``dicom_node.admin.users``), a signed session cookie (Starlette's
-SessionMiddleware: HttpOnly, SameSite=Strict), and a per-session CSRF token that every POST
-must carry (form field ``csrf_token`` or header ``X-CSRF-Token``). No session: pages redirect to
-/login, the API answers 401. A viewer who tries to act gets 403. Every action goes through
-``dicom_node.admin.actions``, which writes the audit event with the user's name.
+Auth: users in the index (``dicom_node.admin.users``), server-side sessions
+(``dicom_node.admin.sessions``: the signed cookie, HttpOnly and SameSite=Strict, carries only a
+token whose row the database holds, so logout, a password or role change and disabling a user
+end the session at once), and a per-session CSRF token that every POST must carry (form field
+``csrf_token`` or header ``X-CSRF-Token``). No session: pages redirect to /login, the API
+answers 401. A viewer who tries to act gets 403. Every action goes through
+``dicom_node.admin.actions``, which writes the audit event with the user's name; blocking work
+(argon2, the database, a destination's C-ECHO) runs off the event loop.
+
+Every response carries a Content-Security-Policy (no inline script, nothing from another
+origin) and, but for static files, ``Cache-Control: no-store``. The OpenAPI schema is served
+behind login; there is no docs page (it would load a CDN script). Redirects are relative paths:
+the Host header is never used to build one.
 
 Handlers stay thin: reading is ``dicom_node.admin.reports``, acting is ``dicom_node.admin.actions``.
 """
@@ -31,12 +39,13 @@ from fastapi.responses import (
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
-from dicom_node.admin import actions, metrics, reports
+from dicom_node.admin import actions, metrics, reports, sessions
 from dicom_node.admin.models import describe_models
 from dicom_node.admin.queries import list_exports, list_jobs
-from dicom_node.admin.users import Account, LoginThrottledError, account, authenticate
+from dicom_node.admin.users import Account, LoginThrottle, LoginThrottledError, authenticate
 from dicom_node.logs import get_logger
 from dicom_node.settings import Settings
 from dicom_node.web import plots
@@ -44,6 +53,12 @@ from dicom_node.web import plots
 log = get_logger(__name__)
 HERE = Path(__file__).resolve().parent
 SESSION_COOKIE = "dicom_node_session"
+# no inline script, nothing from elsewhere; inline style attributes stay (the templates use them)
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 
 
 class LoginRequired(Exception):  # noqa: N818 - it is a condition, not an error
@@ -72,9 +87,10 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
     and senders instead of waiting for their next poll)."""
     app = FastAPI(
         title="dicom-node admin",
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI loads from a CDN: the schema is behind login instead
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
+        redirect_slashes=False,  # Starlette builds that redirect from the Host header
     )
     app.add_middleware(
         SessionMiddleware,
@@ -92,14 +108,15 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
     registry = metrics.registry(engine, Path(settings.storage.root))
     show_accession = settings.admin.show_accession
     changed = on_change or (lambda: None)
+    throttle = LoginThrottle()
 
     # --- auth ------------------------------------------------------------------------------
 
     def viewer(request: Request) -> Account:
-        name = request.session.get("user")
-        found = account(engine, name) if isinstance(name, str) else None
+        token = request.session.get("sid")
+        found = sessions.lookup(engine, token, settings.admin) if isinstance(token, str) else None
         if found is None:
-            request.session.pop("user", None)
+            request.session.pop("sid", None)
             raise LoginRequired
         request.state.account = found
         return found
@@ -181,6 +198,9 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        if not request.url.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.get("/login", response_class=HTMLResponse)
@@ -192,28 +212,42 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
         form = await _form(request)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
         target = _safe_next(str(form.get("next", "/")))
+        client = request.client.host if request.client else "unknown"
         try:
-            found = authenticate(engine, name, password)
-        except LoginThrottledError:
-            log.warning("login_throttled", user=name[:64])
-            message = "Too many failed logins for this name: try again in 15 minutes."
-            return page(request, "login.html", status=429, next=target, error=message)
+            found = await run_in_threadpool(
+                authenticate, engine, name, password, client, throttle
+            )
+        except LoginThrottledError as exc:
+            log.warning("login_throttled", user=name[:64], client=client)
+            wait = max(1, round(exc.retry_after_s))
+            message = f"Too many failed logins for this name from here: try again in {wait} s."
+            response = page(request, "login.html", status=429, next=target, error=message)
+            response.headers["Retry-After"] = str(wait)
+            return response
         if found is None:
-            log.warning("login_failed", user=name[:64])
+            log.warning("login_failed", user=name[:64], client=client)
             return page(request, "login.html", next=target, error="Wrong name or password.")
+        token = await run_in_threadpool(sessions.start, engine, found.name, client, settings.admin)
         request.session.clear()
-        request.session["user"] = found.name
+        request.session["sid"] = token  # a new session id at every login
         request.session["csrf"] = secrets.token_urlsafe(32)  # a new session, a new token
         log.info("login", user=found.name, role=str(found.role))
         return RedirectResponse(target, status_code=303)
 
     @app.post("/logout", dependencies=[Depends(csrf)])
     def logout(request: Request, user: Viewer) -> RedirectResponse:
+        token = request.session.get("sid")
+        if isinstance(token, str):
+            sessions.end(engine, token)
         actions.audit_logout(engine, user.name)
         request.session.clear()
         return RedirectResponse("/login", status_code=303)
 
     # --- JSON API ------------------------------------------------------------------------------
+
+    @app.get("/api/openapi.json")
+    def api_schema(_: Viewer) -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/api/me")
     def api_me(request: Request, user: Viewer) -> dict[str, Any]:
@@ -336,7 +370,7 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
     async def act(request: Request, do: Callable[[], Any], done: str) -> Response:
         form = await _form(request)
         try:
-            result = do()
+            result = await run_in_threadpool(do)
         except actions.NotFoundError as exc:
             if "next" in form:
                 return _back(request, form, error=str(exc))
@@ -398,7 +432,9 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
     async def echo(request: Request, user: Admin, name: str) -> Response:
         form = await _form(request)
         try:
-            error = actions.echo_destination(engine, settings, name, user.name)
+            error = await run_in_threadpool(
+                actions.echo_destination, engine, settings, name, user.name
+            )
         except actions.NotFoundError as exc:
             raise HTTPException(404, str(exc)) from exc
         text = f"C-ECHO {name}: {error}" if error else f"C-ECHO {name}: Success"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
-from dicom_node.admin.users import Role, add_user
-from dicom_node.db.models import AuditEvent, Export, Job
+from dicom_node.admin.users import ALARM_FAILURES, FREE_FAILURES, Role, add_user, change_user
+from dicom_node.db.models import AdminSession, AuditEvent, Export, Job
 from dicom_node.domain import JobState, phi_hash
 from dicom_node.export.exporter import DestinationSender
 from dicom_node.web.app import create_app
@@ -34,6 +35,7 @@ from tests.helpers import (
     start_node,
     wait_for,
 )
+from tests.integration.test_cli import cli, config_for
 from tests.models import build_model
 from tests.peers import storescp
 from workers.runner import WorkerContext, execute
@@ -530,23 +532,123 @@ def test_the_read_models_on_postgresql(tmp_path: Path, pg_url: str, ct_dir: Path
         node.stop()
 
 
-def test_repeated_failed_logins_are_throttled_per_name(site: Site) -> None:
-    add_user(site.engine, "tess", "tess password", Role.VIEWER)
-    client = site.client()
-    for _ in range(10):
-        page = client.get("/login").text
-        r = client.post(
-            "/login",
-            data={"name": "tess", "password": "guess", "csrf_token": csrf_from(page)},
-        )
-        assert r.status_code == 200 and "Wrong name or password." in r.text
+def _try_login(client: TestClient, name: str, password: str) -> Any:
     page = client.get("/login").text
-    r = client.post(
-        "/login",
-        data={"name": "tess", "password": "tess password", "csrf_token": csrf_from(page)},
+    return client.post(
+        "/login", data={"name": name, "password": password, "csrf_token": csrf_from(page)}
     )
-    assert r.status_code == 429 and "Too many failed logins" in r.text
-    assert site.login("vic", "viewer pass").get("/api/me").status_code == 200  # others unaffected
+
+
+def test_failed_logins_back_off_per_client_and_never_lock_out_another(site: Site) -> None:
+    add_user(site.engine, "tess", "tess password", Role.VIEWER)
+    attacker = TestClient(site.app_client.app, follow_redirects=False, client=("203.0.113.9", 1))
+    for _ in range(FREE_FAILURES):
+        r = _try_login(attacker, "tess", "guess")
+        assert r.status_code == 200 and "Wrong name or password." in r.text
+    held = _try_login(attacker, "tess", "tess password")  # backing off: even the right one
+    assert held.status_code == 429 and "Too many failed logins" in held.text
+    assert int(held.headers["retry-after"]) >= 1
+    # the user, from their own desk, is not locked out
+    desk = TestClient(site.app_client.app, follow_redirects=False, client=("198.51.100.7", 1))
+    assert _try_login(desk, "tess", "tess password").status_code == 303
+    assert desk.get("/api/me").json()["name"] == "tess"
+    failed = audit_rows(site.engine, "user.login_failed")
+    assert failed[-1].details["client"] == "203.0.113.9"
+
+
+def test_many_failures_for_one_name_raise_the_alarm(site: Site) -> None:
+    for k in range(ALARM_FAILURES):
+        spray = TestClient(site.app_client.app, follow_redirects=False, client=(f"192.0.2.{k}", 1))
+        assert _try_login(spray, "root-guess", "hunter2").status_code == 200
+    [alarm] = audit_rows(site.engine, "user.login_alarm")
+    assert alarm.entity_id == "root-guess" and alarm.details["failures"] == ALARM_FAILURES
+
+
+def test_an_unknown_name_costs_as_much_as_a_known_one(site: Site) -> None:
+    """No user enumeration by timing: an unknown name is verified against a dummy hash."""
+    client = TestClient(site.app_client.app, follow_redirects=False, client=("192.0.2.200", 1))
+
+    def cost(name: str) -> float:
+        started = time.perf_counter()
+        _try_login(client, name, "wrong password")
+        return time.perf_counter() - started
+
+    known = min(cost("vic") for _ in range(2))
+    unknown = min(cost(f"nobody-{k}") for k in range(2))
+    assert unknown > 0.5 * known  # both pay for argon2 (tens of ms), not 3 ms against 119
+
+
+def _replay(site: Site, cookies: Any) -> int:
+    replayed = TestClient(site.app_client.app, follow_redirects=False, cookies=cookies)
+    return int(replayed.get("/api/me").status_code)
+
+
+@pytest.mark.parametrize("how", ["logout", "password change", "role change", "disable"])
+def test_a_replayed_cookie_is_refused_once_the_session_ended(site: Site, how: str) -> None:
+    name = f"rita-{how.replace(' ', '-')}"
+    add_user(site.engine, name, "rita password", Role.ADMIN)
+    client = site.login(name, "rita password")
+    cookies = dict(client.cookies)
+    assert _replay(site, cookies) == 200
+    if how == "logout":
+        assert client.post("/logout", data={"csrf_token": token(client)}).status_code == 303
+    elif how == "password change":
+        change_user(site.engine, name, password="a new password")  # noqa: S106
+    elif how == "role change":
+        change_user(site.engine, name, role=Role.VIEWER)
+    else:
+        change_user(site.engine, name, disabled=True)
+    assert _replay(site, cookies) == 401
+
+
+def test_sessions_end_when_idle_and_every_login_makes_a_new_one(site: Site) -> None:
+    first, second = site.login("vic", "viewer pass"), site.login("vic", "viewer pass")
+    with site.engine.begin() as conn:
+        rows = conn.execute(select(AdminSession).where(AdminSession.user_name == "vic")).all()
+        assert len({r.id for r in rows}) == len(rows) >= 2
+        idle = datetime.now(UTC) - timedelta(seconds=site.node.settings.admin.session_idle_s + 60)
+        conn.execute(update(AdminSession).values(last_seen_at=idle))
+    assert first.get("/api/me").status_code == 401
+    assert second.get("/api/me").status_code == 401
+
+
+def test_every_response_has_a_csp_and_authenticated_ones_no_store(site: Site) -> None:
+    viewer = site.login("vic", "viewer pass")
+    for path in [*PAGES, *APIS, "/login", f"/studies/{site.study_a}"]:
+        r = viewer.get(path) if path != "/login" else site.client().get(path)
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "default-src 'self'" in csp, path
+        assert r.headers["cache-control"] == "no-store", path
+
+
+def test_the_api_schema_needs_login_and_there_is_no_cdn_docs_page(site: Site) -> None:
+    anonymous = site.client()
+    assert anonymous.get("/api/openapi.json").status_code == 401
+    assert anonymous.get("/api/docs").status_code in (303, 404)
+    schema = site.login("vic", "viewer pass").get("/api/openapi.json")
+    assert schema.status_code == 200 and "/api/studies" in schema.json()["paths"]
+    assert site.login("vic", "viewer pass").get("/api/docs").status_code == 404
+
+
+def test_no_redirect_is_built_from_the_host_header(site: Site) -> None:
+    viewer = site.login("vic", "viewer pass")
+    r = viewer.get("/studies/", headers={"host": "evil.example"})
+    assert "evil.example" not in r.headers.get("location", "")
+    r = site.client().get("/studies", headers={"host": "evil.example"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")
+
+
+def test_audit_csv_cells_cannot_be_formulas(site: Site, tmp_path: Path) -> None:
+    client = TestClient(site.app_client.app, follow_redirects=False, client=("192.0.2.201", 1))
+    _try_login(client, '=HYPERLINK("https://evil.example","x")', "x")
+    viewer = site.login("vic", "viewer pass")
+    table = list(csv.reader(io.StringIO(viewer.get("/audit.csv").text)))
+    cells = [c for row in table for c in row]
+    assert '\'=HYPERLINK("https://evil.example","x")' in cells
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")]
+    done = cli("audit", "--csv", config=config_for(site.node, tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert not [c for row in csv.reader(io.StringIO(done.stdout)) for c in row if c[:1] == "="]
 
 
 def test_cancelling_a_running_job_takes_it_from_its_worker(site: Site) -> None:

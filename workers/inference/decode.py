@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from dicom_node.errors import Permanent
 
@@ -28,6 +29,19 @@ JPEG_PROCESSES = {
 
 class DecodeError(Permanent):
     """No decoder here can read this pixel data."""
+
+
+def read_instance(path: Path) -> Dataset:
+    """A stored instance, fully parsed. What the SCP acknowledged passed its structure check,
+    but a file edited since (or stored before that check) must fail the job with a readable,
+    permanent error, never a crash retried three times."""
+    try:
+        return dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError, RecursionError, KeyError) as exc:
+        raise DecodeError(
+            f"cannot read stored instance {path.name}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        ) from exc
 
 
 def pixel_array(ds: Dataset, path: Path | None = None) -> np.ndarray:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_node.jobs.stacks import (
@@ -34,7 +33,7 @@ from dicom_node.jobs.stacks import (
     read_headers,
     split_stacks,
 )
-from workers.inference.decode import pixel_array
+from workers.inference.decode import pixel_array, read_instance
 
 VolumeError = GeometryError  # the name the pipeline and its callers know
 
@@ -125,7 +124,7 @@ def load_series(
     pixels: dict[FrameRef, _Pixels] = {}
     digests: dict[FrameRef, bytes] = {}
     for path in paths:
-        ds = dcmread(path)
+        ds = read_instance(path)
         stored = pixel_array(ds, path)  # undecodable data is the first thing to say
         found = read_headers(ds)
         pixels.update(_frame_pixels(ds, stored, found))

@@ -23,6 +23,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicom_node.settings import ProfileSettings
+from workers.inference.decode import read_instance
 from workers.inference.manifest import Manifest
 from workers.results.keyimages import build_key_images
 from workers.results.pmap import build_confidence_map
@@ -194,7 +195,7 @@ def build_results(
         if missing:
             raise ResultError(f"source instance {missing[0]} is no longer stored")
         uids = list(dict.fromkeys(mask.sop_instance_uids))
-        sources = {u: dcmread(source_paths[u]) for u in uids}
+        sources = {u: read_instance(source_paths[u]) for u in uids}
         for ds in sources.values():
             notes.update(dict.fromkeys(repair(ds)))
         suid = series["series_uid"]
