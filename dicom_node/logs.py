@@ -1,9 +1,11 @@
 """structlog JSON logs. Context (association id, calling AE, study UID) is bound, never PHI.
 
 Every line is one JSON object: the node's own events, what pynetdicom, pydicom, uvicorn and
-Celery log through the standard library (rendered by the same processors), and uncaught
-exceptions in any thread (``sys.excepthook`` / ``threading.excepthook``). Strings are capped at
-``MAX_VALUE_CHARS`` (a peer chooses AE titles, UIDs and error comments); JSON escapes the rest.
+Celery log through the standard library and Python warnings (rendered by the same processors),
+and uncaught exceptions in any thread (``sys.excepthook`` / ``threading.excepthook``). pydicom's
+read-time value validation is off: its warnings quote values, which may be PHI. Strings are
+capped at ``MAX_VALUE_CHARS`` (a peer chooses AE titles, UIDs and error comments); JSON escapes
+the rest.
 
 pynetdicom's own logger is kept at WARNING: at INFO/DEBUG it prints data set contents, which
 may hold patient names (it is also slow on the C-STORE path). Its traceback for a socket the node
@@ -62,7 +64,9 @@ def configure(level: str = "INFO", *, json_output: bool = True) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write per line (message and newline together): processes sharing a log file never
+        # interleave inside a line
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = _JsonHandler(sys.stderr)
@@ -83,13 +87,20 @@ def configure(level: str = "INFO", *, json_output: bool = True) -> None:
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
-    for name in ("pynetdicom", "pydicom", "uvicorn", "celery"):
+    for name in ("pynetdicom", "pydicom", "uvicorn", "celery", "py.warnings"):
         named = logging.getLogger(name)
         named.setLevel(logging.WARNING)
         for old in list(named.handlers):  # their own plain-text handlers
             if type(old) is logging.StreamHandler:
                 named.removeHandler(old)
         named.propagate = True
+    # Python warnings (pydicom's among them) become JSON log records too
+    logging.captureWarnings(True)
+    # pydicom's read-time value checks quote the value (a patient's name among them) in their
+    # warnings: off. The node checks what it relies on itself (UIDs, lengths, structure).
+    from pydicom import config as pydicom_config  # noqa: PLC0415
+
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     sys.excepthook = _uncaught
     threading.excepthook = _uncaught_in_thread
 

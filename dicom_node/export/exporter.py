@@ -85,7 +85,7 @@ class DestinationSender(threading.Thread):
                 )
             except AssociationFailedError as exc:
                 failure = str(exc)
-                sent = [Outcome(False, True, None, failure) for _ in present]
+                sent = [Outcome(False, True, None, failure, sent=False) for _ in present]
             outcomes.update(zip((r.id for r in present), sent, strict=True))
         attempt = max(row.attempts for row in batch) + 1  # rows were read before the claim
         delay = outbox.backoff_s(self.dest, attempt, self.settings.export.jitter)

@@ -266,6 +266,27 @@ def record_outcome(
             details={"status": status, "warning": warning},
         )
         return ExportState.DELIVERED
+    if not outcome.sent:
+        # never put on the wire (no association, or it was lost before this object's turn):
+        # the claim's attempt is given back, so a destination that hangs on one object does
+        # not use up the budget of the objects queued behind it
+        at = now + timedelta(seconds=delay_s)
+        transition_export(
+            conn,
+            row.id,
+            ExportState.SENDING,
+            ExportState.RETRY_WAIT,
+            at=now,
+            reason=f"not sent: {message}",
+            values={
+                **base,
+                "attempts": row.attempts,
+                "next_attempt_at": at,
+                "last_error": f"not sent: {message}"[:1024],
+            },
+            details={"status": status, "sent": False, "next_attempt_at": at.isoformat()},
+        )
+        return ExportState.RETRY_WAIT
     if transient and attempts < row.max_attempts:
         delay = delay_s
         at = now + timedelta(seconds=delay)

@@ -43,6 +43,7 @@ class Outcome:
     status: int | None
     message: str
     warning: str | None = None
+    sent: bool = True  # put on the wire; an object never sent does not use an attempt
 
 
 class AssociationFailedError(Exception):
@@ -114,7 +115,9 @@ def store(
     try:
         for path, _ in files:
             if not assoc.is_established:
-                outcomes.append(Outcome(False, True, None, "association lost before sending"))
+                outcomes.append(
+                    Outcome(False, True, None, "association lost before sending", sent=False)
+                )
                 continue
             ds = dcmread(path)
             try:

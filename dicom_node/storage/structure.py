@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 
 from pydicom.datadict import dictionary_VR
+from pydicom.valuerep import VR
 
 MAX_DEPTH = 16  # real objects nest 3-5 deep (SEG, enhanced MR per-frame groups, SR trees)
 UNDEFINED = 0xFFFFFFFF
@@ -20,6 +21,7 @@ ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT"}
 LONG_VRS |= {b"UV"}
+KNOWN_VRS = {v.value.encode() for v in VR if len(v.value) == 2}
 
 
 class StructureError(ValueError):
@@ -50,6 +52,8 @@ class _Walk:
         if implicit or tag >> 16 == 0xFFFE:
             return tag, None, length, pos + 8
         vr = bytes(self.buf[pos + 4 : pos + 6])
+        if vr not in KNOWN_VRS:
+            raise StructureError(f"{_tag(tag)} has no known VR ({vr!r})")
         if vr not in LONG_VRS:
             return tag, vr, self.short_length.unpack_from(self.buf, pos + 6)[0], pos + 8
         if pos + 12 > end:

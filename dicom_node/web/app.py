@@ -214,9 +214,7 @@ def create_app(  # noqa: PLR0915 - one closure per route, all sharing the engine
         target = _safe_next(str(form.get("next", "/")))
         client = request.client.host if request.client else "unknown"
         try:
-            found = await run_in_threadpool(
-                authenticate, engine, name, password, client, throttle
-            )
+            found = await run_in_threadpool(authenticate, engine, name, password, client, throttle)
         except LoginThrottledError as exc:
             log.warning("login_throttled", user=name[:64], client=client)
             wait = max(1, round(exc.retry_after_s))

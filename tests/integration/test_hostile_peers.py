@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import socket
 import struct
 import threading
@@ -92,6 +93,13 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+    except OSError:
+        return "?"
+
+
 def echo(port: int, timeout: float = 10) -> bool:
     ae = AE(ae_title="ECHOSCU")
     ae.add_requested_context(Verification)
@@ -152,14 +160,23 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess
 
 
 def baseline(proc: NodeProcess) -> dict[int, float]:
+    """Every node process's RSS once it has settled: the embedded worker imports torch for some
+    seconds after start, which is no peer's doing."""
     assert proc.proc is not None
-    return {pid: rss_mb(pid) for pid in node_pids(proc.proc.pid)}
+    before = {pid: rss_mb(pid) for pid in node_pids(proc.proc.pid)}
+    for _ in range(60):
+        time.sleep(0.5)
+        now = {pid: rss_mb(pid) for pid in node_pids(proc.proc.pid)}
+        if now.keys() == before.keys() and all(abs(now[p] - before[p]) < 2 for p in now):
+            return now
+        before = now
+    return before
 
 
 def assert_rss_within(before: dict[int, float], limit_mb: float) -> None:
     for pid, mb in before.items():
         now = rss_mb(pid)
-        assert now - mb < limit_mb, f"process {pid}: RSS {mb:.0f} -> {now:.0f} MiB"
+        assert now - mb < limit_mb, f"process {pid} ({cmdline(pid)}): RSS {mb:.0f} -> {now:.0f} MiB"
 
 
 @pytest.mark.parametrize("claim", [256 * MB, 4 * 1024 * MB - 1], ids=["256MiB", "4GiB"])
@@ -418,3 +435,25 @@ def test_a_file_that_cannot_be_parsed_fails_its_job_permanently(
         "cannot read stored instance nested.dcm: RecursionError: maximum recursion depth"
         " exceeded while calling a Python object"
     )
+
+
+def test_every_line_of_the_node_log_is_json(node: tuple[NodeProcess, int]) -> None:
+    """After everything above (aborts, timeouts, evictions, refused data sets): pynetdicom's and
+    pydicom's own messages included, every line of the node's log is one JSON object."""
+    proc, port = node
+    assert echo(port)
+    assert proc.log is not None
+    lines = proc.log.read_text().splitlines()
+    assert json_lines(lines) == len(lines) > 0
+    events = {json.loads(line)["event"] for line in lines}
+    assert {"pdu_refused", "association_request_timed_out", "c_store_failed"} <= events
+
+
+def json_lines(lines: list[str]) -> int:
+    """How many lines parse as a JSON object; the first that does not, in the failure."""
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            pytest.fail(f"not a JSON line in the node log: {line[:300]!r}")
+    return len(lines)
