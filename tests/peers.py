@@ -203,3 +203,16 @@ class NodeProcess:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=30)
+        self.check_log()
+
+    def check_log(self) -> None:
+        """Every line the node wrote is one JSON object (issue 14: no plain-text lines, no bare
+        tracebacks), in every test that runs ``dicom-node serve`` with a log."""
+        if self.log is None or not self.log.exists():
+            return
+        for number, line in enumerate(self.log.read_text(errors="replace").splitlines(), 1):
+            try:
+                ok = isinstance(json.loads(line), dict)
+            except ValueError:
+                ok = False
+            assert ok, f"{self.log}:{number} is not a JSON line: {line[:300]!r}"

@@ -41,8 +41,6 @@ from tests.integration.test_hostile_peers import (
 )
 from tests.peers import NodeProcess, write_node_config
 
-pytestmark = [pytest.mark.soak]
-
 SEEDS = [
     "pydicom/CT_small.dcm",
     "pydicom/MR_small.dcm",
@@ -58,6 +56,10 @@ BATCH = 250
 
 def fuzz_size() -> int:
     return int(os.environ.get("DICOM_NODE_FUZZ_MESSAGES", "2000"))
+
+
+# about 30 messages a second on two cores: the time limit grows with the size asked for
+pytestmark = [pytest.mark.soak, pytest.mark.timeout(max(300, fuzz_size() // 10 + 120))]
 
 
 class Seed:
