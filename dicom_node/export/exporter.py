@@ -88,6 +88,8 @@ class DestinationSender(threading.Thread):
                 sent = [Outcome(False, True, None, failure, sent=False) for _ in present]
             outcomes.update(zip((r.id for r in present), sent, strict=True))
         attempt = max(row.attempts for row in batch) + 1  # rows were read before the claim
+        if failure:  # nothing was sent: back off by the destination's run of failures instead
+            attempt = max(attempt, outbox.circuit(self.engine, self.dest.name).failures + 1)
         delay = outbox.backoff_s(self.dest, attempt, self.settings.export.jitter)
         with self.engine.begin() as conn:
             states = [

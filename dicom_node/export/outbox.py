@@ -284,7 +284,12 @@ def record_outcome(
                 "next_attempt_at": at,
                 "last_error": f"not sent: {message}"[:1024],
             },
-            details={"status": status, "sent": False, "next_attempt_at": at.isoformat()},
+            details={
+                "status": status,
+                "sent": False,
+                "delay_s": round(delay_s, 2),
+                "next_attempt_at": at.isoformat(),
+            },
         )
         return ExportState.RETRY_WAIT
     if transient and attempts < row.max_attempts:

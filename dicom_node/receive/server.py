@@ -45,6 +45,7 @@ log = get_logger(__name__)
 DUL_IDLE_POLL_S = 0.0002
 MAX_ASSOCIATE_RQ_BYTES = 256 * 1024  # 128 contexts with every syntax, and user identity, fit
 UNLIMITED_PDU_CAP = 64 * 1024 * 1024  # max_pdu_bytes = 0 still has a ceiling
+GRACE_S = 1.0  # an unassociated socket younger than this is never evicted for a cap
 READ_CHUNK = 256 * 1024
 # A-ABORT, service-provider initiated, invalid PDU parameter value (PS3.8 §9.3.8)
 A_ABORT_INVALID_PARAMETER = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
@@ -112,15 +113,19 @@ class NodeAssociation(Association):
             return
         super()._serve_request(msg, context_id)
 
+    def give_back(self) -> None:
+        """The slot, once: when the release is answered, else when the thread ends."""
+        if self.admitted and self.admission is not None:
+            self.admitted = False
+            self.admission.release()
+
     def run(self) -> None:
         try:
             super().run()
         finally:
             if self.waiting is not None:  # ended before its request was complete
                 self.waiting[0].done(self.waiting[1])
-            if self.admitted and self.admission is not None:
-                self.admitted = False
-                self.admission.release()
+            self.give_back()
 
 
 @dataclass
@@ -141,16 +146,20 @@ class Unassociated:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, sock: BoundedSocket, host: str) -> None:
+        """Track a new socket; over a cap, close the oldest waiting one that has had more than
+        ``GRACE_S`` to send its request (a burst of real senders is all young, and stays)."""
+        now = time.monotonic()
         evict = []
         with self.lock:
-            self.waiting[id(sock)] = _Waiting(sock, host, time.monotonic() + self.acse_timeout_s)
+            self.waiting[id(sock)] = _Waiting(sock, host, now + self.acse_timeout_s)
             mine = [w for w in self.waiting.values() if w.host == host]
-            if len(mine) > self.per_host:
-                evict.append(min(mine, key=lambda w: w.deadline))
-            elif len(self.waiting) > self.total:
-                evict.append(min(self.waiting.values(), key=lambda w: w.deadline))
-            for w in evict:
-                self.waiting.pop(id(w.sock), None)
+            over = mine if len(mine) > self.per_host else None
+            if over is None and len(self.waiting) > self.total:
+                over = list(self.waiting.values())
+            if over:
+                oldest = min(over, key=lambda w: w.deadline)
+                if now - (oldest.deadline - self.acse_timeout_s) > GRACE_S:
+                    evict.append(self.waiting.pop(id(oldest.sock)))
         for w in evict:
             log.warning("unassociated_socket_evicted", peer=w.host, reason="cap reached")
             w.sock.hang_up()
@@ -276,7 +285,16 @@ class NodeRequestHandler(RequestHandler):
         assoc = super()._create_association()
         assoc.dul._run_loop_delay = DUL_IDLE_POLL_S
         assoc.__class__ = NodeAssociation
-        assoc.admission = self.server.admission  # type: ignore[attr-defined]
+        node_assoc: NodeAssociation = assoc  # type: ignore[assignment]
+        node_assoc.admission = self.server.admission
+        answer_release = assoc.acse.send_release
+
+        def send_release(is_response: bool = False) -> None:
+            if is_response:  # free the slot before the peer hears the release is done
+                node_assoc.give_back()
+            answer_release(is_response)
+
+        assoc.acse.send_release = send_release  # type: ignore[method-assign]
         sock = assoc.dul.socket
         if type(sock) is AssociationSocket:
             sock.__class__ = BoundedSocket

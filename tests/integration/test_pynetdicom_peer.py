@@ -226,13 +226,23 @@ def file_payload(path: Path) -> tuple[str, bytes]:
 @pytest.mark.parametrize(
     ("name", "expected", "comment"),
     [
-        # No SOP UIDs of its own (no meta, a stray leading byte): nothing to file it under.
-        ("no_meta.dcm", statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no SOPClassUID"),
+        # No meta and a stray leading byte: every element after it is misread, and the first
+        # misread length runs past the end (the structure check, before any decoding).
+        (
+            "no_meta.dcm",
+            statuses.CANNOT_UNDERSTAND_UNPARSEABLE,
+            "(0820,0500) declares 173228800 bytes, 38863 left",
+        ),
         ("meta_missing_tsyntax.dcm", statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no SOPClassUID"),
         ("UN_sequence.dcm", statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, "no SOPClassUID"),
         # Tolerant on input (PITFALLS 15): stored as received; decoding is the worker's problem.
         ("badVR.dcm", statuses.SUCCESS, None),
-        ("rtplan_truncated.dcm", statuses.SUCCESS, None),
+        # Truncated: an element declares more than arrived (issue 14: refused, not stored).
+        (
+            "rtplan_truncated.dcm",
+            statuses.CANNOT_UNDERSTAND_UNPARSEABLE,
+            "(300A,00B0) declares 976 bytes, 711 left",
+        ),
         ("JPEG2000-embedded-sequence-delimiter.dcm", statuses.SUCCESS, None),
     ],
 )
