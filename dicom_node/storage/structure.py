@@ -24,6 +24,17 @@ LONG_VRS |= {b"UV"}
 KNOWN_VRS = {v.value.encode() for v in VR if len(v.value) == 2}
 
 
+PIXEL_REPRESENTATION = 0x00280103
+AMBIGUOUS_BY_PIXEL_REPRESENTATION = {"US or SS", "US or SS or OW"}
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return ""
+
+
 class StructureError(ValueError):
     """What is wrong and where; short enough for a C-STORE Error Comment (LO, 64 chars)."""
 
@@ -35,6 +46,7 @@ def _tag(tag: int) -> str:
 class _Walk:
     def __init__(self, buf: memoryview, *, little: bool) -> None:
         self.buf = buf
+        self.implicit_tags: set[int] = set()  # elements whose VR the data set does not say
         e = "<" if little else ">"
         self.tag_length = struct.Struct(f"{e}HHL")
         self.short_length = struct.Struct(f"{e}H")
@@ -64,6 +76,8 @@ class _Walk:
         """The elements from ``pos`` to ``end``, or to the item delimiter when ``in_item``."""
         while pos < end:
             tag, vr, length, pos = self.element(pos, end, implicit)
+            if vr is None or tag == PIXEL_REPRESENTATION:
+                self.implicit_tags.add(tag)
             if tag == ITEM_END and in_item:
                 return pos
             if tag >> 16 == 0xFFFE:
@@ -138,3 +152,8 @@ def check(buf: bytes | memoryview, *, implicit: bool, little: bool) -> None:
     view = memoryview(buf)
     walk = _Walk(view, little=little)
     walk.elements(0, len(view), 0, in_item=False, implicit=implicit)
+    if PIXEL_REPRESENTATION not in walk.implicit_tags:
+        # without the VR in the data, US-or-SS elements are read by PixelRepresentation
+        for tag in sorted(walk.implicit_tags):
+            if tag >> 16 != 0xFFFE and _dictionary_vr(tag) in AMBIGUOUS_BY_PIXEL_REPRESENTATION:
+                raise StructureError(f"{_tag(tag)} is US or SS, and no PixelRepresentation")

@@ -219,7 +219,7 @@ def test_mutated_c_stores_never_hurt_the_node(
                     pass
         except Exception as exc:  # noqa: BLE001 - any failure to read back is the finding
             unreadable.append(f"{uid} ({kind}): {type(exc).__name__}: {exc}")
-    assert unreadable == []
+    assert unreadable == [], "\n".join(unreadable)
     after_files = {p for p in tmp_path.rglob("*") if "storage" not in p.parts}
     assert after_files - before_files <= {
         work / "index.db",
