@@ -25,6 +25,9 @@ KNOWN_VRS = {v.value.encode() for v in VR if len(v.value) == 2}
 
 
 PIXEL_REPRESENTATION = 0x00280103
+# a value of these VRs is a whole number of fixed-size numbers (PS3.5 6.2)
+VALUE_SIZES = {b"AT": 4, b"FD": 8, b"FL": 4, b"SL": 4, b"SS": 2, b"UL": 4, b"US": 2, b"SV": 8}
+VALUE_SIZES |= {b"UV": 8, b"OD": 8, b"OF": 4, b"OL": 4, b"OV": 8, b"OW": 2}
 AMBIGUOUS_BY_PIXEL_REPRESENTATION = {"US or SS", "US or SS or OW"}
 
 
@@ -95,6 +98,11 @@ class _Walk:
                 continue
             if pos + length > end:
                 raise StructureError(f"{_tag(tag)} declares {length} bytes, {end - pos} left")
+            size = VALUE_SIZES.get(vr or _dictionary_vr(tag).encode(), 1)
+            if length % size:
+                raise StructureError(
+                    f"{_tag(tag)} {vr!r}: {length} bytes, not a multiple of {size}"
+                )
             if vr == b"SQ" or (vr is None and self._dictionary_sq(tag)):
                 self.sequence(tag, pos, pos + length, depth + 1, undefined=False, implicit=implicit)
             pos += length
