@@ -266,46 +266,27 @@ def record_outcome(
             details={"status": status, "warning": warning},
         )
         return ExportState.DELIVERED
-    if not outcome.sent:
+    if not outcome.sent or (transient and attempts < row.max_attempts):
         # never put on the wire (no association, or it was lost before this object's turn):
         # the claim's attempt is given back, so a destination that hangs on one object does
         # not use up the budget of the objects queued behind it
+        reason = message if outcome.sent else f"not sent: {message}"
         at = now + timedelta(seconds=delay_s)
+        values = {**base, "next_attempt_at": at, "last_error": reason[:1024]}
+        if not outcome.sent:
+            values["attempts"] = row.attempts
         transition_export(
             conn,
             row.id,
             ExportState.SENDING,
             ExportState.RETRY_WAIT,
             at=now,
-            reason=f"not sent: {message}",
-            values={
-                **base,
-                "attempts": row.attempts,
-                "next_attempt_at": at,
-                "last_error": f"not sent: {message}"[:1024],
-            },
+            reason=reason,
+            values=values,
             details={
                 "status": status,
-                "sent": False,
+                **({} if outcome.sent else {"sent": False}),
                 "delay_s": round(delay_s, 2),
-                "next_attempt_at": at.isoformat(),
-            },
-        )
-        return ExportState.RETRY_WAIT
-    if transient and attempts < row.max_attempts:
-        delay = delay_s
-        at = now + timedelta(seconds=delay)
-        transition_export(
-            conn,
-            row.id,
-            ExportState.SENDING,
-            ExportState.RETRY_WAIT,
-            at=now,
-            reason=message,
-            values={**base, "next_attempt_at": at, "last_error": message[:1024]},
-            details={
-                "status": status,
-                "delay_s": round(delay, 2),
                 "next_attempt_at": at.isoformat(),
             },
         )
