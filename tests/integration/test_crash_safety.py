@@ -37,6 +37,7 @@ pytestmark = [
 ]
 
 SENDERS = 4
+KILLS = 8  # then the senders finish undisturbed: the run is bounded however slow the machine
 
 
 def soak_size() -> int:
@@ -126,28 +127,43 @@ class Senders:
             pending.pop(0)
 
 
+@pytest.mark.timeout(900)
 def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -> None:
     templates = sorted((testdata / "dcm_qa_decubitus/In/HFS/3_t1_fl2d_sag").iterdir())
     instances = make_instances(templates, soak_size())
     port = free_port()
-    root = tmp_path / "storage"
-    db = tmp_path / "index.db"
     config = write_node_config(
         tmp_path / "node.toml", port=port, workdir=tmp_path, extra='[logging]\nlevel = "WARNING"\n'
     )
     node = NodeProcess(config, tmp_path / "node.log")
+    try:
+        senders = crash_while_sending(node, port, instances)
+    finally:
+        node.kill_if_running()  # a failed run leaves no node behind for the next test
+    print(
+        f"\ncrash soak: {len(instances)} instances, {len(senders.acked)} acknowledged, "
+        f"{node.kills} kill -9s"
+    )
+    assert senders.refused == []
+    assert node.kills >= 3
+    check_survivors(tmp_path, instances, senders)
+
+
+def crash_while_sending(
+    node: NodeProcess, port: int, instances: list[tuple[Dataset, bytes]]
+) -> Senders:
+    """KILLS kill -9s at random moments while the senders push, then they finish in peace."""
     node.start()
     wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up")
-
     senders = Senders(port, instances)
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600
     threads = [threading.Thread(target=senders.run, args=(deadline,)) for _ in range(SENDERS)]
     errors: list[BaseException] = []
     threading.excepthook = lambda args: errors.append(args.exc_value)  # type: ignore[assignment,misc,arg-type]
     for t in threads:
         t.start()
     rng = random.Random(20261122)
-    while any(t.is_alive() for t in threads):
+    while any(t.is_alive() for t in threads) and node.kills < KILLS:
         time.sleep(rng.uniform(0.3, 2.0))
         if not any(t.is_alive() for t in threads):
             break
@@ -161,14 +177,15 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path: Path, testdata: Path) -
     node.start()
     wait_for(lambda: echo_ok(port, NODE_AE), 30, "node up after the last crash")
     node.stop()
-
-    print(
-        f"\ncrash soak: {len(instances)} instances, {len(senders.acked)} acknowledged, "
-        f"{node.kills} kill -9s"
-    )
     assert errors == []
-    assert senders.refused == []
-    assert node.kills >= 3
+    return senders
+
+
+def check_survivors(
+    tmp_path: Path, instances: list[tuple[Dataset, bytes]], senders: Senders
+) -> None:
+    root = tmp_path / "storage"
+    db = tmp_path / "index.db"
     assert len(senders.acked) == len(instances), (
         "senders gave up before everything was acknowledged"
     )
