@@ -36,6 +36,7 @@ from dicom_node.jobs.dispatch import Dispatcher, celery_publisher
 from dicom_node.jobs.embedded import EmbeddedWorkers
 from dicom_node.jobs.service import create_jobs
 from dicom_node.logs import get_logger
+from dicom_node.loops import guarded
 from dicom_node.receive.scp import serve_scp_process
 from dicom_node.settings import Settings
 from dicom_node.storage.index import Index
@@ -163,10 +164,7 @@ class Node:
                     index.close_orphaned_associations(pid=child.pid)
                     self._children[i] = self._spawn(i)
             if embedded is not None:
-                try:
-                    embedded.supervise()
-                except Exception:
-                    log.exception("supervise_failed")
+                guarded(embedded.supervise, "supervise_failed")
         if admin is not None:
             admin.stop()
         sweeper.stop()

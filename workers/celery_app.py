@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
 from dicom_node.jobs.celery_config import RUN_JOB, make_celery
@@ -22,7 +23,7 @@ from dicom_node.settings import load_settings
 def _context() -> object:
     from workers.runner import WorkerContext  # noqa: PLC0415 - torch only in pool children
 
-    return WorkerContext(load_settings())
+    return WorkerContext(load_settings(), time_limit_errors=(SoftTimeLimitExceeded,))
 
 
 def _warm_up(**_: object) -> None:

@@ -134,7 +134,7 @@ def reference_from_seg(path: Path, volume: Volume, manifest: Manifest) -> np.nda
     """The reference SEG's segments as model label values on the volume's frames."""
     try:
         seg = hd.seg.segread(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable SEG is the same finding
+    except (InvalidDicomError, ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
         raise EvaluationError(f"reference {path.name} is not a readable SEG: {exc}") from None
     numbers = _matching_segments(seg, manifest)
     if not numbers:

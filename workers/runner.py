@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -24,6 +23,7 @@ from dicom_node.errors import Permanent, Transient
 from dicom_node.export.outbox import create_exports
 from dicom_node.jobs.service import claim, give_back, heartbeat, transition_job
 from dicom_node.logs import get_logger
+from dicom_node.loops import Loop
 from dicom_node.settings import Settings
 from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
@@ -41,10 +41,19 @@ def worker_name(kind: str) -> str:
 
 
 class WorkerContext:
-    """What a worker process keeps between jobs: one engine and the warm models."""
+    """What a worker process keeps between jobs: one engine and the warm models.
 
-    def __init__(self, settings: Settings) -> None:
+    ``time_limit_errors``: what the host raises at the soft time limit (Celery's
+    SoftTimeLimitExceeded, given by ``workers.celery_app``; the embedded worker's own).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        time_limit_errors: tuple[type[BaseException], ...] = (JobTimeLimitError,),
+    ) -> None:
         self.settings = settings
+        self.time_limit_errors = time_limit_errors
         self.engine = make_engine(settings.database.url.get_secret_value())
         self.models = ModelCache(settings.models.root, settings.models.device)
 
@@ -85,25 +94,26 @@ def job_input(engine: Engine, job_id: str, settings: Settings) -> JobInput:
     )
 
 
-class Heartbeat(threading.Thread):
+class Heartbeat(Loop):
     """Extends the lease every third of it while the job runs."""
 
     def __init__(self, ctx: WorkerContext, job_id: str, worker: str) -> None:
-        super().__init__(name=f"heartbeat-{job_id[:8]}", daemon=True)
+        super().__init__(
+            f"heartbeat-{job_id[:8]}",
+            self.beat,
+            ctx.settings.jobs.lease_s / 3,
+            event="heartbeat_failed",
+            wait_first=True,
+            job_id=job_id,
+        )
         self.ctx, self.job_id, self.worker = ctx, job_id, worker
-        self.done = threading.Event()
         self.lost = False
 
-    def run(self) -> None:
-        jobs = self.ctx.settings.jobs
-        while not self.done.wait(jobs.lease_s / 3):
-            try:
-                if not heartbeat(self.ctx.engine, self.job_id, self.worker, jobs):
-                    self.lost = True
-                    log.warning("job_lease_lost", job_id=self.job_id, worker=self.worker)
-                    return
-            except Exception:
-                log.exception("heartbeat_failed", job_id=self.job_id)
+    def beat(self) -> None:
+        if not heartbeat(self.ctx.engine, self.job_id, self.worker, self.ctx.settings.jobs):
+            self.lost = True
+            log.warning("job_lease_lost", job_id=self.job_id, worker=self.worker)
+            self.stop()
 
     def __enter__(self) -> Heartbeat:
         self.start()
@@ -112,7 +122,7 @@ class Heartbeat(threading.Thread):
     def __exit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        self.done.set()
+        self.stop()
         self.join()
 
 
@@ -131,14 +141,14 @@ def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
                 settings.results_root,
             )
             summary["results"] = results(ctx, job_id, summary)
+        except ctx.time_limit_errors:
+            message = f"exceeded the soft time limit of {settings.jobs.soft_time_limit_s:g} s"
+            return _give_back(ctx, job_id, worker, message, permanent=True)
         except Transient as exc:
             return _give_back(ctx, job_id, worker, f"transient: {exc}", permanent=False)
         except Permanent as exc:
             return _give_back(ctx, job_id, worker, str(exc), permanent=True)
         except Exception as exc:
-            if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's, without importing it
-                message = f"exceeded the soft time limit of {settings.jobs.soft_time_limit_s:g} s"
-                return _give_back(ctx, job_id, worker, message, permanent=True)
             log.exception("job_crashed", job_id=job_id)
             return _give_back(
                 ctx, job_id, worker, f"{type(exc).__name__}: {exc}"[:500], permanent=False

@@ -1,4 +1,6 @@
-"""Engine and unit-of-work helpers. SQLite gets WAL, ``synchronous=NORMAL`` and ``BEGIN IMMEDIATE``.
+"""The engine, and the one dialect-aware statement (``insert_ignore``).
+
+SQLite gets WAL, ``synchronous=NORMAL`` and ``BEGIN IMMEDIATE``.
 
 ``synchronous=NORMAL`` is safe here because the storage root, whose files are fsynced before the
 index row is written, can always rebuild the index (``dicom_node.storage.recovery``).
@@ -6,14 +8,15 @@ index row is written, can always rebuild the index (``dicom_node.storage.recover
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, create_engine, event
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.db.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -44,16 +47,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def insert_ignore(conn: Connection, model: type[Base], values: dict[str, Any]) -> bool:
+    """``INSERT … ON CONFLICT DO NOTHING``; ``True`` if a row was inserted.
 
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
-
-
-@contextmanager
-def unit_of_work(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: commit on success, roll back on any error."""
-    with factory() as session, session.begin():
-        yield session
+    ``RETURNING`` tells, on both dialects (PostgreSQL reports no rowcount for this statement).
+    """
+    stmt: Insert
+    if conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(model).on_conflict_do_nothing()
+    else:
+        stmt = sqlite.insert(model).on_conflict_do_nothing()
+    key = sa_inspect(model).primary_key[0]
+    return conn.execute(stmt.returning(key), values).first() is not None

@@ -8,7 +8,6 @@ conditional UPDATE, several nodes may run exporters against one PostgreSQL index
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,37 +18,23 @@ from dicom_node.domain import CircuitState, ExportState
 from dicom_node.export import outbox
 from dicom_node.export.scu import AssociationFailedError, Outcome, echo, store
 from dicom_node.logs import get_logger
+from dicom_node.loops import Loop
 from dicom_node.settings import DestinationSettings, Settings
 
 log = get_logger(__name__)
 
 
-class DestinationSender(threading.Thread):
+class DestinationSender(Loop):
     def __init__(self, engine: Engine, settings: Settings, dest: DestinationSettings) -> None:
-        super().__init__(name=f"export-{dest.name}", daemon=True)
+        super().__init__(
+            f"export-{dest.name}",
+            self.pass_once,
+            settings.export.poll_interval_s,
+            event="export_pass_failed",
+            destination=dest.name,
+        )
         self.engine, self.settings, self.dest = engine, settings, dest
         self.calling_ae = dest.calling_ae or settings.node.ae_title
-        self._wake = threading.Event()
-        self._halt = threading.Event()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self._wake.set()
-
-    def run(self) -> None:
-        outbox.circuit(self.engine, self.dest.name)
-        while not self._halt.is_set():
-            try:
-                busy = self.pass_once()
-            except Exception:
-                log.exception("export_pass_failed", destination=self.dest.name)
-                busy = False
-            if not busy:
-                self._wake.wait(self.settings.export.poll_interval_s)
-                self._wake.clear()
 
     def pass_once(self) -> bool:
         """One step; True if it sent something (so the next step comes at once)."""

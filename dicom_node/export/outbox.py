@@ -14,10 +14,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import DestinationCircuit, Export, Job, utcnow
+from dicom_node.db.session import insert_ignore
 from dicom_node.domain import (
     EXPORT_FINAL,
     EXPORT_TRANSITIONS,
@@ -29,7 +30,6 @@ from dicom_node.domain import (
 from dicom_node.export.scu import Outcome
 from dicom_node.jobs.service import transition_job
 from dicom_node.settings import DestinationSettings
-from dicom_node.storage.index import insert_ignore
 
 KIND_ORDER = {"seg": 0, "pm": 1, "sr": 2, "sc": 3}  # an SR after the SEG it references
 _AUDIT = {
@@ -524,11 +524,4 @@ def probe_result(engine: Engine, dest: DestinationSettings, error: str) -> None:
             entity_id=dest.name,
             at=now,
             details={"probe": "C-ECHO Success", "rows_due_now": len(due)},
-        )
-
-
-def counts_by_state(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return dict(
-            conn.execute(select(Export.state, func.count()).group_by(Export.state)).tuples().all()
         )

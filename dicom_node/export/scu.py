@@ -4,9 +4,10 @@ Outcomes are classified for the outbox:
 
 - Success (0x0000) and the warnings (0xB000 coercion, 0xB006 elements discarded, 0xB007 data set
   does not match the SOP Class) count as delivered; the warning is recorded on the row.
-- Out of resources (0xA7xx), resource limitation (0x0213), no response, an abort, a refused or
-  timed-out connection: *transient*, retried with backoff. A failed association also counts
-  against the destination's circuit.
+- Out of resources (0xA7xx), resource limitation (0x0213), duplicate invocation (0x0210: the
+  peer saw the Message ID twice; a new association starts afresh), no response, an abort, a
+  refused or timed-out connection: *transient*, retried with backoff. A failed association also
+  counts against the destination's circuit.
 - Refused (0x0122 SOP Class not supported, 0x0124 not authorised, 0xA9xx data set does not match,
   0xCxxx cannot understand, or the SOP Class / transfer syntax not accepted at association):
   *permanent*. The same bytes will get the same answer, so the row FAILS at once with the reason;
@@ -26,14 +27,12 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
+from dicom_node import statuses
 from dicom_node.receive.ae import VERIFICATION_SOP_CLASS
 from dicom_node.settings import DestinationSettings
 
-WARNINGS = {
-    0xB000: "coercion of data elements",
-    0xB006: "elements discarded",
-    0xB007: "data set does not match SOP Class",
-}
+# Failures that another try, later or on a new association, may get past.
+TRANSIENT_FAILURES = (statuses.RESOURCE_LIMITATION, statuses.DUPLICATE_INVOCATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +94,15 @@ def associate(
 def classify(status: int | None, comment: str = "") -> Outcome:
     if status is None:
         return Outcome(False, True, None, "no C-STORE response (timeout or abort)")
-    if status == 0x0000:
+    if status == statuses.SUCCESS:
         return Outcome(True, False, status, "Success")
     text = f"0x{status:04X}" + (f" {comment}" if comment else "")
-    if status in WARNINGS or 0xB000 <= status <= 0xBFFF:
-        return Outcome(True, False, status, "Warning", f"{text} {WARNINGS.get(status, '')}".strip())
-    if (status & 0xFF00) == 0xA700 or status in (0x0213, 0x0210):
-        return Outcome(False, True, status, f"refused for now: {text} (out of resources)")
-    return Outcome(False, False, status, f"refused: {text}")
+    named = statuses.meaning(status)
+    if statuses.is_warning(status):
+        return Outcome(True, False, status, "Warning", f"{text} ({named})")
+    if statuses.is_out_of_resources(status) or status in TRANSIENT_FAILURES:
+        return Outcome(False, True, status, f"refused for now: {text} ({named})")
+    return Outcome(False, False, status, f"refused: {text} ({named})")
 
 
 def store(
@@ -148,7 +148,7 @@ def echo(dest: DestinationSettings, calling_ae: str) -> str:
     finally:
         if assoc.is_established:
             assoc.release()
-    if rsp is not None and "Status" in rsp and int(rsp.Status) == 0:
+    if rsp is not None and "Status" in rsp and int(rsp.Status) == statuses.SUCCESS:
         return ""
     return "C-ECHO failed: " + (
         f"0x{int(rsp.Status):04X}" if rsp and "Status" in rsp else "no response"

@@ -13,13 +13,14 @@ In embedded mode there is no publishing: the worker processes take QUEUED rows t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from sqlalchemy import Engine
 
+from dicom_node.errors import Transient
 from dicom_node.jobs.service import due_for_enqueue, expire_leases, mark_enqueued
 from dicom_node.logs import get_logger
+from dicom_node.loops import Loop
 from dicom_node.settings import Settings
 
 log = get_logger(__name__)
@@ -27,33 +28,25 @@ log = get_logger(__name__)
 Publish = Callable[[str], None]
 
 
-class Dispatcher(threading.Thread):
+class BrokerUnavailableError(Transient):
+    """The job could not be published; it stays QUEUED and the next pass tries again."""
+
+
+class Dispatcher(Loop):
     def __init__(self, engine: Engine, settings: Settings, publish: Publish | None) -> None:
-        super().__init__(name="job-dispatcher", daemon=True)
+        super().__init__(
+            "job-dispatcher",
+            self.pass_once,
+            settings.queue.reconcile_interval_s,
+            event="reconcile_failed",
+        )
         self.engine = engine
         self.settings = settings
         self.publish = publish
-        self._wake = threading.Event()
-        self._halt = threading.Event()
         self._broker_down = False
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self._wake.set()
-
-    def run(self) -> None:
-        while not self._halt.is_set():
-            try:
-                self.pass_once()
-            except Exception:
-                log.exception("reconcile_failed")
-            self._wake.wait(self.settings.queue.reconcile_interval_s)
-            self._wake.clear()
-
     def pass_once(self) -> list[str]:
+        """Requeue expired leases, then publish what is due; the job ids sent."""
         requeued = expire_leases(self.engine)
         if requeued:
             log.warning("jobs_requeued_after_lease", jobs=requeued)
@@ -65,9 +58,9 @@ class Dispatcher(threading.Thread):
         ):
             try:
                 self.publish(job_id)
-            except Exception as exc:  # noqa: BLE001 - kombu raises many kinds for a dead broker
+            except BrokerUnavailableError as exc:
                 if not self._broker_down:
-                    log.error("broker_unavailable", error=f"{type(exc).__name__}: {exc}"[:300])
+                    log.error("broker_unavailable", error=str(exc)[:300])
                 self._broker_down = True
                 break
             sent.append(job_id)
@@ -81,11 +74,17 @@ class Dispatcher(threading.Thread):
 
 
 def celery_publisher(settings: Settings) -> Publish:
+    from kombu.exceptions import KombuError  # noqa: PLC0415
+    from redis.exceptions import RedisError  # noqa: PLC0415
+
     from dicom_node.jobs.celery_config import GPU_QUEUE, RUN_JOB, make_celery  # noqa: PLC0415
 
     app = make_celery(settings)
 
     def publish(job_id: str) -> None:
-        app.send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
+        try:
+            app.send_task(RUN_JOB, args=[job_id], queue=GPU_QUEUE)
+        except (KombuError, RedisError, OSError) as exc:  # a dead broker, as kombu and redis say it
+            raise BrokerUnavailableError(f"{type(exc).__name__}: {exc}") from exc
 
     return publish

@@ -19,11 +19,11 @@ from sqlalchemy import Connection, Engine, or_, select, update
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import Instance, Job, Series, utcnow
+from dicom_node.db.session import insert_ignore
 from dicom_node.domain import JOB_TRANSITIONS, JobState, check_transition
 from dicom_node.jobs.facts import study_stack_facts
 from dicom_node.jobs.rules import RuleOutcome, SeriesFacts, evaluate
 from dicom_node.settings import JobSettings, RuleSettings
-from dicom_node.storage.index import insert_ignore
 
 PRIORITY = {"stat": 0, "routine": 1}
 _AUDIT = {

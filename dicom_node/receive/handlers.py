@@ -23,10 +23,10 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node import statuses
 from dicom_node.domain import AssociationEnd, is_valid_uid
-from dicom_node.errors import Rejected
 from dicom_node.logs import get_logger
-from dicom_node.receive import statuses
+from dicom_node.storage import errors
 from dicom_node.storage.index import AssociationCache, Index
 from dicom_node.storage.intake import Intake, Stored, StoreRequest
 from dicom_node.storage.writer import AtomicWriter
@@ -38,6 +38,22 @@ LAST_INDEXED_TAG: BaseTag = Tag(0x0020, 0x0037)  # Image Orientation (Patient)
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 §9.3.4
 REJECT_HOST_NOT_ALLOWED = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
 REJECT_DISK_RESERVE = (0x02, 0x03, 0x01)  # transient, service-provider, temporary congestion
+
+STATUS_FOR: dict[type[errors.StorageRefusedError], int] = {
+    errors.InvalidUIDError: statuses.CANNOT_UNDERSTAND_INVALID_UID,
+    errors.UnparseableError: statuses.CANNOT_UNDERSTAND_UNPARSEABLE,
+    errors.MissingAttributeError: statuses.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE,
+    errors.DoesNotMatchRequestError: statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    errors.UIDConflictError: statuses.CANNOT_UNDERSTAND_UID_CONFLICT,
+    errors.DiskReserveError: statuses.OUT_OF_RESOURCES_DISK_RESERVE,
+    errors.WriteFailedError: statuses.OUT_OF_RESOURCES_WRITE_FAILED,
+    errors.IndexUnavailableError: statuses.OUT_OF_RESOURCES_INDEX_BUSY,
+}
+"""The one place a storage refusal becomes a C-STORE status."""
+
+
+def status_for(exc: errors.StorageRefusedError) -> int:
+    return STATUS_FOR[type(exc)]
 
 
 @dataclass(slots=True)
@@ -172,18 +188,19 @@ class ScpHandlers:
         )
         try:
             outcome = self.intake.accept(req, state.cache if state else AssociationCache())
-        except Rejected as exc:
+        except errors.StorageRefusedError as exc:
             if state:
                 state.failed += 1
+            status = status_for(exc)
             log.warning(
                 "c_store_failed",
                 association_id=req.association_id,
                 sop_instance_uid=_loggable_uid(req.affected_sop_instance_uid),
-                status=f"0x{exc.status:04X}",
-                status_name=statuses.NAMES.get(exc.status, ""),
+                status=f"0x{status:04X}",
+                status_name=statuses.NAMES[status],
                 error_comment=exc.comment,
             )
-            return _status(exc.status, exc.comment)
+            return _status(status, exc.comment)
         if state:
             state.stored += 1
         if outcome.stored is not Stored.NEW:

@@ -36,8 +36,9 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node import statuses
 from dicom_node.logs import get_logger
-from dicom_node.receive import statuses
+from dicom_node.loops import Loop
 
 log = get_logger(__name__)
 
@@ -321,18 +322,17 @@ class NodeAssociationServer(ThreadedAssociationServer):
         super().__init__(*args, **kwargs)
         self.admission = Admission(self.ae.maximum_associations)
         self.unassociated = Unassociated(8, 64, self.ae.acse_timeout or 30.0)
-        self._watch_stop = threading.Event()
-        threading.Thread(target=self._watch, name="unassociated-watch", daemon=True).start()
-
-    def _watch(self) -> None:
-        while not self._watch_stop.wait(0.25):
-            try:
-                self.unassociated.expire()
-            except Exception:
-                log.exception("unassociated_watch_failed")
+        self._watch = Loop(
+            "unassociated-watch",
+            self.unassociated.expire,
+            0.25,
+            event="unassociated_watch_failed",
+            wait_first=True,
+        )
+        self._watch.start()
 
     def server_close(self) -> None:
-        self._watch_stop.set()
+        self._watch.stop()
         super().server_close()
 
     def server_bind(self) -> None:

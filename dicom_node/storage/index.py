@@ -13,14 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, Insert, insert, select, update
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import ColumnElement, Connection, Engine, insert, select, update
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import (
     Association,
-    Base,
     Instance,
     Patient,
     Series,
@@ -28,6 +25,7 @@ from dicom_node.db.models import (
     StudyAssociation,
     utcnow,
 )
+from dicom_node.db.session import insert_ignore
 from dicom_node.domain import AssociationEnd, StudyState, phi_hash
 from dicom_node.storage.paths import InstanceKey
 from dicom_node.studies.transitions import transition_study
@@ -81,20 +79,6 @@ class AssociationCache:
 
     studies: dict[str, int] = field(default_factory=dict)
     series: dict[str, int] = field(default_factory=dict)
-
-
-def insert_ignore(conn: Connection, model: type[Base], values: dict[str, Any]) -> bool:
-    """``INSERT … ON CONFLICT DO NOTHING``; ``True`` if a row was inserted.
-
-    ``RETURNING`` tells, on both dialects (PostgreSQL reports no rowcount for this statement).
-    """
-    stmt: Insert
-    if conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(model).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(model).on_conflict_do_nothing()
-    key = sa_inspect(model).primary_key[0]
-    return conn.execute(stmt.returning(key), values).first() is not None
 
 
 class Index:

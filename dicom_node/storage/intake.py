@@ -10,7 +10,8 @@ import enum
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -18,9 +19,15 @@ from sqlalchemy.exc import DBAPIError
 
 from dicom_node.db.models import utcnow
 from dicom_node.domain import is_valid_uid, orientation_label
-from dicom_node.errors import Rejected
-from dicom_node.receive import statuses
 from dicom_node.storage import structure
+from dicom_node.storage.errors import (
+    DoesNotMatchRequestError,
+    IndexUnavailableError,
+    InvalidUIDError,
+    MissingAttributeError,
+    UIDConflictError,
+    UnparseableError,
+)
 from dicom_node.storage.index import AssociationCache, Index, InstanceRecord
 from dicom_node.storage.paths import InstanceKey, StorageLayout
 from dicom_node.storage.writer import AtomicWriter
@@ -64,7 +71,7 @@ class Intake:
     def accept(self, req: StoreRequest, cache: AssociationCache) -> StoreOutcome:
         for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
             if not is_valid_uid(getattr(req, name)):
-                raise Rejected(statuses.CANNOT_UNDERSTAND_INVALID_UID, f"invalid request {name}")
+                raise InvalidUIDError(f"invalid request {name}")
         _check_structure(req)
         ds = _decode(req)
         attrs = _attributes(ds)
@@ -112,14 +119,12 @@ class Intake:
         except DBAPIError as exc:
             # The file is durable; a retry finds it and indexes it (keep-first path), and the
             # recovery scan would too. Tell the sender to retry.
-            raise Rejected(
-                statuses.OUT_OF_RESOURCES_INDEX_BUSY, "index unavailable, retry later"
-            ) from exc
+            raise IndexUnavailableError("index unavailable, retry later") from exc
         if conflict is not None:
             # refused, so nothing is left that the index does not know (audited by the index)
             if stored is Stored.NEW:
                 final.unlink(missing_ok=True)
-            raise Rejected(statuses.CANNOT_UNDERSTAND_UID_CONFLICT, conflict.comment)
+            raise UIDConflictError(conflict.comment)
         return StoreOutcome(stored, key, written.size_bytes)
 
 
@@ -152,29 +157,28 @@ def _check_structure(req: StoreRequest) -> None:
     try:
         structure.check(req.raw(), implicit=ts.is_implicit_VR, little=ts.is_little_endian)
     except structure.StructureError as exc:
-        raise Rejected(statuses.CANNOT_UNDERSTAND_UNPARSEABLE, str(exc)) from None
+        raise UnparseableError(str(exc)) from None
+
+
+def _decoded(read: Callable[[], Any], comment: str) -> Any:
+    """``read()``, where pydicom may raise anything on a malformed value: every failure is the
+    same finding, 0xC000 with ``comment`` (a crash here would be pynetdicom's bare 0xC211)."""
+    try:
+        return read()
+    except Exception as exc:
+        raise UnparseableError(comment.format(kind=type(exc).__name__)) from exc
 
 
 def _decode(req: StoreRequest) -> Dataset:
-    try:
-        return req.dataset()
-    except Exception as exc:
-        raise Rejected(
-            statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"data set not decodable: {type(exc).__name__}"
-        ) from exc
+    return cast(Dataset, _decoded(req.dataset, "data set not decodable: {kind}"))
 
 
 def _attributes(ds: Dataset) -> dict[str, Any]:
     """Read only the attributes the index needs; a bad value is a named status, not a crash."""
-    out: dict[str, Any] = {}
-    for keyword in _INDEXED_KEYWORDS:
-        try:
-            out[keyword] = ds.get(keyword)
-        except Exception as exc:
-            raise Rejected(
-                statuses.CANNOT_UNDERSTAND_UNPARSEABLE, f"{keyword} not decodable"
-            ) from exc
-    return out
+    return {
+        keyword: _decoded(partial(ds.get, keyword), f"{keyword} not decodable")
+        for keyword in _INDEXED_KEYWORDS
+    }
 
 
 def _check_matches_request(attrs: dict[str, Any], req: StoreRequest) -> None:
@@ -185,10 +189,9 @@ def _check_matches_request(attrs: dict[str, Any], req: StoreRequest) -> None:
     ):
         own = attrs.get(keyword)
         if own is None or str(own) == "":
-            raise Rejected(statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set has no {keyword}")
+            raise DoesNotMatchRequestError(f"data set has no {keyword}")
         if str(own) != requested:
-            raise Rejected(
-                statuses.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            raise DoesNotMatchRequestError(
                 f"data set {keyword} differs from request",
             )
 
@@ -196,7 +199,7 @@ def _check_matches_request(attrs: dict[str, Any], req: StoreRequest) -> None:
 def _required_uid(attrs: dict[str, Any], keyword: str) -> str:
     value = attrs.get(keyword)
     if value is None or str(value) == "":
-        raise Rejected(statuses.CANNOT_UNDERSTAND_MISSING_ATTRIBUTE, f"missing {keyword}")
+        raise MissingAttributeError(f"missing {keyword}")
     return str(value)
 
 

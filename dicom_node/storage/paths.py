@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicom_node.domain import is_valid_uid
-from dicom_node.errors import Rejected
-from dicom_node.receive import statuses
+from dicom_node.storage.errors import (
+    InvalidUIDError,
+)
 
 INSTANCES = "instances"
 INCOMING = "incoming"
@@ -34,7 +35,7 @@ class InstanceKey:
     def __post_init__(self) -> None:
         for name in ("study_uid", "series_uid", "sop_instance_uid"):
             if not is_valid_uid(getattr(self, name)):
-                raise Rejected(statuses.CANNOT_UNDERSTAND_INVALID_UID, f"invalid {name}")
+                raise InvalidUIDError(f"invalid {name}")
 
     def relative_path(self) -> str:
         return f"{INSTANCES}/{self.study_uid}/{self.series_uid}/{self.sop_instance_uid}{SUFFIX}"
@@ -55,5 +56,5 @@ class StorageLayout:
         path = self.root / key.relative_path()
         # Defence in depth: validated UIDs cannot escape, but never trust one check alone.
         if not Path(os.path.normpath(path)).is_relative_to(self.instances):
-            raise Rejected(statuses.CANNOT_UNDERSTAND_INVALID_UID, "UID escapes storage root")
+            raise InvalidUIDError("UID escapes storage root")
         return path

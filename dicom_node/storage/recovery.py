@@ -21,8 +21,8 @@ from sqlalchemy import Engine, select
 
 from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.db.models import Instance, utcnow
-from dicom_node.errors import Rejected
 from dicom_node.logs import get_logger
+from dicom_node.storage.errors import StorageRefusedError
 from dicom_node.storage.index import AssociationCache, Index, InstanceRecord
 from dicom_node.storage.paths import SUFFIX, InstanceKey, StorageLayout
 
@@ -84,7 +84,7 @@ def _index_orphan(
     try:
         key = InstanceKey(parts[1], parts[2], parts[3][: -len(SUFFIX)])
         ds = dcmread(path, stop_before_pixels=True)
-    except (Rejected, InvalidDicomError, OSError, ValueError, EOFError) as exc:
+    except (StorageRefusedError, InvalidDicomError, OSError, ValueError, EOFError) as exc:
         return f"unreadable: {type(exc).__name__}"
     own = (ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID"))
     if tuple(str(v) for v in own) != (key.study_uid, key.series_uid, key.sop_instance_uid):

@@ -12,8 +12,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dicom_node.errors import Rejected
-from dicom_node.receive import statuses
+from dicom_node.storage.errors import (
+    DiskReserveError,
+    WriteFailedError,
+)
 
 ASSOCIATION_HEADROOM_BYTES = 4 * 1024 * 1024
 
@@ -41,7 +43,7 @@ class AtomicWriter:
         """Write ``chunks`` to ``final`` so that the name never refers to a partial file."""
         size = sum(len(c) for c in chunks)
         if shutil.disk_usage(self.incoming).free - size < self.min_free_bytes:
-            raise Rejected(statuses.OUT_OF_RESOURCES_DISK_RESERVE, "disk reserve reached")
+            raise DiskReserveError("disk reserve reached")
         if not overwrite and final.exists():
             return WriteResult(final, size, existed=True)
         fd, tmp_name = tempfile.mkstemp(dir=self.incoming, suffix=".part")
@@ -55,9 +57,7 @@ class AtomicWriter:
                         os.fdatasync(fh.fileno())
                 return self._publish(tmp, final, size, overwrite=overwrite)
             except OSError as exc:
-                raise Rejected(
-                    statuses.OUT_OF_RESOURCES_WRITE_FAILED, f"write failed: {exc.strerror}"
-                ) from exc
+                raise WriteFailedError(f"write failed: {exc.strerror}") from exc
         finally:
             tmp.unlink(missing_ok=True)
 

@@ -5,7 +5,6 @@ Stateless between sweeps (the database is the truth), so a restarted node simply
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy import Connection, Engine, Select, and_, case, func, or_, select
 from dicom_node.db.models import Association, Study, StudyAssociation, utcnow
 from dicom_node.domain import OPEN_STUDY_STATES, AssociationEnd, StudyState
 from dicom_node.logs import get_logger
+from dicom_node.loops import Loop
 from dicom_node.studies.policy import CompletionPolicy, StudyEvidence, decide
 from dicom_node.studies.transitions import transition_study
 
@@ -99,7 +99,7 @@ def sweep_once(
     return completed
 
 
-class Sweeper(threading.Thread):
+class Sweeper(Loop):
     def __init__(
         self,
         engine: Engine,
@@ -108,22 +108,15 @@ class Sweeper(threading.Thread):
         on_complete: OnComplete | None = None,
         after_commit: Callable[[list[str]], object] | None = None,
     ) -> None:
-        super().__init__(name="completion-sweeper", daemon=True)
+        super().__init__(
+            "completion-sweeper", self.pass_once, interval_s, event="sweep_failed", wait_first=True
+        )
         self.after_commit = after_commit
         self.engine = engine
         self.policy = policy
         self.on_complete = on_complete
-        self.interval_s = interval_s
-        self.stopping = threading.Event()
 
-    def run(self) -> None:
-        while not self.stopping.wait(self.interval_s):
-            try:
-                completed = sweep_once(self.engine, self.policy, self.on_complete)
-                if completed and self.after_commit is not None:
-                    self.after_commit(completed)  # e.g. wake the dispatcher: jobs are committed
-            except Exception:
-                log.exception("sweep_failed")
-
-    def stop(self) -> None:
-        self.stopping.set()
+    def pass_once(self) -> None:
+        completed = sweep_once(self.engine, self.policy, self.on_complete)
+        if completed and self.after_commit is not None:
+            self.after_commit(completed)  # e.g. wake the dispatcher: jobs are committed

@@ -12,8 +12,8 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from dicom_node import statuses
 from dicom_node.db.models import AuditEvent, Instance
-from dicom_node.receive import statuses
 from tests.helpers import NODE_AE, RunningNode, fresh_series, scu, send_datasets, wait_for
 
 

@@ -9,9 +9,9 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, inspect, select
 
+from dicom_node import statuses
 from dicom_node.db.migrate import upgrade
 from dicom_node.db.models import AuditEvent, Instance
-from dicom_node.receive import statuses
 from tests.helpers import (
     RunningNode,
     fresh_series,

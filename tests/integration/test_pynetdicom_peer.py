@@ -21,8 +21,8 @@ from pynetdicom import dsutils
 from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy import func, select
 
+from dicom_node import statuses
 from dicom_node.db.models import AuditEvent, Instance
-from dicom_node.receive import statuses
 from tests.helpers import (
     NODE_AE,
     RunningNode,

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from dicom_node import statuses
 from dicom_node.domain import (
     STUDY_TRANSITIONS,
     IllegalTransitionError,
@@ -11,8 +12,8 @@ from dicom_node.domain import (
     check_transition,
     is_valid_uid,
 )
-from dicom_node.errors import Rejected
-from dicom_node.receive import statuses
+from dicom_node.receive.handlers import status_for
+from dicom_node.storage.errors import StorageRefusedError
 from dicom_node.storage.paths import InstanceKey, StorageLayout
 
 
@@ -57,9 +58,9 @@ def test_transition_table_refuses_unknown_moves() -> None:
 
 
 def test_instance_key_refuses_invalid_uids(tmp_path: Path) -> None:
-    with pytest.raises(Rejected) as err:
+    with pytest.raises(StorageRefusedError) as err:
         InstanceKey("1.2", "../../x", "1.3")
-    assert err.value.status == statuses.CANNOT_UNDERSTAND_INVALID_UID
+    assert status_for(err.value) == statuses.CANNOT_UNDERSTAND_INVALID_UID
     layout = StorageLayout(tmp_path)
     path = layout.path_for(InstanceKey("1.2", "1.3", "1.4"))
     assert path == tmp_path.resolve() / "instances/1.2/1.3/1.4.dcm"

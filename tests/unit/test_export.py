@@ -20,6 +20,7 @@ PACS = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
         (0xA700, False, True, False),  # out of resources: try again later
         (0xA7FF, False, True, False),
         (0x0213, False, True, False),
+        (0x0210, False, True, False),  # duplicate invocation: a new association starts afresh
         (0x0122, False, False, False),  # SOP Class not supported: the same bytes will not pass
         (0xA900, False, False, False),
         (0xC000, False, False, False),
@@ -33,6 +34,18 @@ def test_statuses_are_classified(
     assert (outcome.delivered, outcome.warning is not None) == (delivered, warning)
     if not delivered:
         assert outcome.transient is transient
+
+
+def test_a_refusal_is_labelled_by_the_standard_not_by_the_node_own_low_bytes() -> None:
+    assert "duplicate invocation" in classify(0x0210).message
+    assert "out of resources" not in classify(0x0210).message.lower()
+    assert classify(0xA700).message == "refused for now: 0xA700 (Out of Resources)"
+    assert (
+        classify(0xA701, "disk full").message
+        == "refused for now: 0xA701 disk full (Out of Resources)"
+    )
+    assert classify(0xB006).warning == "0xB006 (Warning: elements discarded)"
+    assert classify(0x0122).message == "refused: 0x0122 (Failure: SOP Class not supported)"
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:

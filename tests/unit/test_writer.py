@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.errors import Rejected
-from dicom_node.receive import statuses
+from dicom_node import statuses
+from dicom_node.receive.handlers import status_for
+from dicom_node.storage.errors import StorageRefusedError
 from dicom_node.storage.writer import AtomicWriter
 
 
@@ -39,8 +40,8 @@ def test_reserve_refuses_before_writing(tmp_path: Path) -> None:
     (tmp_path / "incoming").mkdir()
     free = shutil.disk_usage(tmp_path).free
     writer = AtomicWriter(tmp_path / "incoming", fsync=False, min_free_bytes=free + 1)
-    with pytest.raises(Rejected) as err:
+    with pytest.raises(StorageRefusedError) as err:
         writer.write(tmp_path / "instances/1/2/3.dcm", [b"x"], overwrite=False)
-    assert err.value.status == statuses.OUT_OF_RESOURCES_DISK_RESERVE
+    assert status_for(err.value) == statuses.OUT_OF_RESOURCES_DISK_RESERVE
     assert not (tmp_path / "instances").exists()
     assert not writer.has_reserve()

@@ -21,6 +21,7 @@ import highdicom as hd
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from dicom_node.settings import ProfileSettings
 from workers.inference.decode import read_instance
@@ -101,7 +102,7 @@ def validate(
             back = hd.sr.srread(path)
         else:
             back = dcmread(path)
-    except Exception as exc:  # noqa: BLE001 - any read-back failure is the same finding
+    except (InvalidDicomError, ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
         raise ResultError(f"{kind} {path.name} does not read back: {exc}") from None
     refs = _referenced_uids(back) - {str(back.SOPInstanceUID)}
     if kind == "sr":
