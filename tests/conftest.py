@@ -15,6 +15,29 @@ from tests.helpers import RunningNode, node_settings, start_node, testdata_root,
 PG_ADMIN_URL = os.environ.get("DICOM_NODE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The markers follow from what a test needs, so they cannot drift:
+
+    - ``postgres``: every test that uses the ``pg_url`` fixture;
+    - ``soak``: opt-in. ``@pytest.mark.soak(size="ENV")`` runs only when ENV (its size) is set;
+      CI sets each size explicitly (``.ci/run``) and fails where one is missing.
+    """
+    for item in items:
+        if "pg_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+        soak = item.get_closest_marker("soak")
+        if soak is None:
+            continue
+        size = soak.kwargs.get("size")
+        if not size:
+            raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.soak needs size='ENV_VAR'")
+        if size in os.environ:
+            continue
+        if os.environ.get("CI"):
+            raise pytest.UsageError(f"CI must set {size}, the size of {item.nodeid}")
+        item.add_marker(pytest.mark.skip(reason=f"soak suite: opt in by setting {size} (its size)"))
+
+
 @pytest.fixture(scope="session")
 def testdata() -> Path:
     root = testdata_root()

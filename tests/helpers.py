@@ -5,16 +5,19 @@ from __future__ import annotations
 import copy
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_preamble
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from sqlalchemy import Engine, select
@@ -188,3 +191,61 @@ def job_events(engine: Engine, entity_id: str) -> list[str]:
                 .order_by(AuditEvent.id)
             ).scalars()
         )
+
+
+def cli(
+    *args: str,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """``dicom-node ARGS [--config CONFIG]`` in a child process, with ``env`` added."""
+    extra = ["--config", str(config)] if config else []
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class HasSettings(Protocol):
+    @property
+    def settings(self) -> Settings: ...
+
+
+def config_for(node: HasSettings, tmp_path: Path) -> Path:
+    """A config file that points the CLI at ``node``'s port, storage and index."""
+    cfg = tmp_path / "node.toml"
+    s = node.settings
+    cfg.write_text(
+        f'[node]\nport = {s.node.port}\n[storage]\nroot = "{s.storage.root}"\n'
+        f'[database]\nurl = "{s.database.url.get_secret_value()}"\n'
+    )
+    return cfg
+
+
+TRAILING_PADDING = 0xFFFCFFFC
+
+
+def dataset_bytes(path: Path) -> tuple[str, bytes]:
+    """(transfer syntax, the data set's bytes after the file meta) of a Part 10 file."""
+    ds = dcmread(path, stop_before_pixels=True)
+    with path.open("rb") as fh:
+        read_preamble(fh, force=False)
+        from pydicom.filereader import _read_file_meta_info  # noqa: PLC0415
+
+        _read_file_meta_info(fh)
+        return str(ds.file_meta.TransferSyntaxUID), fh.read()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
+
+
+def dsrdump_ok(path: Path) -> tuple[int, str]:
+    done = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=False)
+    return done.returncode, done.stderr

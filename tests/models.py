@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from pydicom import dcmread
+
+from tests.helpers import REPO
+from workers.inference.pipeline import JobInput, SeriesInput, run
+from workers.inference.runners import ModelCache
 
 WINDOW = (-1000.0, 1000.0)
 GAIN = 1000.0
@@ -172,3 +178,30 @@ class OutOfMemoryAbove(torch.nn.Module):
         if x[0, 0].numel() * x.shape[0] > self.max_voxels:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return self.conv(x)  # type: ignore[no-any-return]
+
+
+def expected_masks(files: list[Path]) -> dict[str, np.ndarray]:
+    out = {}
+    for path in files:
+        ds = dcmread(path)
+        hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        out[ds.SOPInstanceUID] = (hu > THRESHOLD_HU).astype(np.uint8)
+    return out
+
+
+def run_model(
+    root: Path, name: str, files: list[Path], results: Path, job: str = "job-1", **rule: Any
+) -> dict:
+    shuffled = files[:]
+    random.Random(3).shuffle(shuffled)
+    job_input = JobInput(job, 1, name, (SeriesInput("1.2.3", tuple(shuffled)),), **rule)
+    return run(job_input, ModelCache(root, "cpu"), results)
+
+
+THRESHOLD_HU = 300.5
+
+
+MODELS = REPO / "models"
+
+
+CT_BANDS = (-500.5, 300.5)  # air / soft tissue / bone

@@ -9,7 +9,7 @@ test may write them, send them, or stack them, and compute what to expect indepe
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +153,28 @@ def write(datasets: Sequence[Dataset], folder: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def straight(testdata: Path) -> list[Dataset]:
+    return read_series(testdata, STRAIGHT)
+
+
+def missing(*dropped: int) -> Callable[[Path], list[Dataset]]:
+    def build(testdata: Path) -> list[Dataset]:
+        slices = new_series(straight(testdata), "missing slices")
+        return [ds for k, ds in enumerate(slices) if k not in dropped]  # numbers keep their hole
+
+    return build
+
+
+def with_localizer(testdata: Path) -> list[Dataset]:
+    localizer = dcmread(testdata / LOCALIZER)
+    return new_series([localizer, *straight(testdata)], "localizer inside")
+
+
+def repeated(keyword: str | None, values: tuple[str, str]) -> Callable[[Path], list[Dataset]]:
+    def build(testdata: Path) -> list[Dataset]:
+        both = repeat_at_same_positions(straight(testdata)[:12], keyword, values)
+        return new_series(both, f"two acquisitions by {keyword or 'ContentTime'}")
+
+    return build

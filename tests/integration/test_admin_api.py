@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,23 +20,26 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 
 from dicom_node.admin.users import ALARM_FAILURES, FREE_FAILURES, Role, add_user, change_user
 from dicom_node.db.models import AdminSession, AuditEvent, Export, Job
+from dicom_node.db.session import make_engine
 from dicom_node.domain import JobState, phi_hash
 from dicom_node.export.exporter import DestinationSender
+from dicom_node.settings import Settings
 from dicom_node.web.app import create_app
 from tests.helpers import (
-    RunningNode,
+    cli,
+    config_for,
     node_settings,
     send_datasets,
     start_node,
     wait_for,
 )
-from tests.integration.test_cli import cli, config_for
 from tests.models import build_model
 from tests.peers import storescp
 from workers.runner import WorkerContext, execute
@@ -60,15 +64,15 @@ APIS = [
 
 @dataclass
 class Site:
-    node: RunningNode
+    """One test's own copy of the site: its index is a copy of the one the pipeline filled, so
+    what a test changes (sessions, jobs, audit) no other test sees."""
+
+    settings: Settings
+    engine: Engine
     app_client: TestClient
     archive: Path
     study_a: str  # complete, its job run and delivered
     study_b: str  # still RECEIVING (no sweeper), sent by another AE
-
-    @property
-    def engine(self) -> Engine:
-        return self.node.engine
 
     def client(self) -> TestClient:
         return TestClient(self.app_client.app, follow_redirects=False)
@@ -98,8 +102,42 @@ def audit_rows(engine: Engine, event: str) -> list[AuditEvent]:
         return list(conn.execute(select(AuditEvent).where(AuditEvent.event_type == event)))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class BuiltSite:
+    settings: Settings
+    index: Path  # the filled SQLite index, never written after the build
+    archive: Path
+    study_a: str
+    study_b: str
+
+
+@pytest.fixture
+def site(built_site: BuiltSite, tmp_path: Path) -> Iterator[Site]:
+    index = tmp_path / "index.db"
+    with sqlite3.connect(built_site.index) as source, sqlite3.connect(index) as copy:
+        source.backup(copy)
+    url = f"sqlite:///{index}"
+    settings = built_site.settings.model_copy(
+        update={"database": built_site.settings.database.model_copy(update={"url": SecretStr(url)})}
+    )
+    engine = make_engine(url)
+    try:
+        yield Site(
+            settings,
+            engine,
+            TestClient(create_app(settings, engine)),
+            built_site.archive,
+            built_site.study_a,
+            built_site.study_b,
+        )
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, ct_dir: Path) -> Iterator[Site]:
+def built_site(tmp_path_factory: pytest.TempPathFactory, ct_dir: Path) -> Iterator[BuiltSite]:
+    """Two studies received, one run through the pipeline and delivered; built once, copied for
+    each test (``site``). The archive (dcmtk storescp) stays up for the resend tests."""
     tmp = tmp_path_factory.mktemp("admin")
     build_model(tmp / "models", "threshold", "torchscript")
     with storescp(tmp / "archive") as archive_port:
@@ -134,7 +172,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, ct_dir: Path) -> Iterator[Sit
             add_user(node.engine, "vic", "viewer pass", Role.VIEWER)
             app = create_app(settings, node.engine)
             s = Site(
-                node,
+                settings,
+                node.engine,
                 TestClient(app),
                 tmp / "archive",
                 str(a[0].StudyInstanceUID),
@@ -152,9 +191,17 @@ def site(tmp_path_factory: pytest.TempPathFactory, ct_dir: Path) -> Iterator[Sit
             sender = DestinationSender(node.engine, settings, settings.destinations[0])
             sender.pass_once()
             wait_for(lambda: _job_state(node.engine, job_id) == "DONE", 30, "job DONE")
-            yield s
+            with node.engine.begin() as conn:  # the build's own login is not a test's
+                conn.execute(delete(AdminSession))
         finally:
             node.stop()
+        yield BuiltSite(
+            settings,
+            Path(settings.database.url.get_secret_value().removeprefix("sqlite:///")),
+            tmp / "archive",
+            s.study_a,
+            s.study_b,
+        )
 
 
 def _study(ct_dir: Path, count: int) -> list[Dataset]:
@@ -345,7 +392,7 @@ def test_resend_delivers_again_and_is_audited(site: Site) -> None:
     # nothing to resend while it is PENDING: a clear 409
     r = admin.post(f"/api/exports/{exports[0].id}/resend", headers={"X-CSRF-Token": token(admin)})
     assert r.status_code == 409 and "PENDING" in r.json()["detail"]
-    settings = site.node.settings
+    settings = site.settings
     DestinationSender(site.engine, settings, settings.destinations[0]).pass_once()
     wait_for(
         lambda: len(audit_rows(site.engine, "export.delivered")) == delivered_before + 1,
@@ -503,7 +550,6 @@ def test_no_phi_in_any_page(site: Site) -> None:
             assert phi not in body, (path, phi)
 
 
-@pytest.mark.postgres
 def test_the_read_models_on_postgresql(tmp_path: Path, pg_url: str, ct_dir: Path) -> None:
     """The dashboard's buckets, the filters and /metrics use SQL that differs by dialect."""
     settings = node_settings(tmp_path, db_url=pg_url)
@@ -606,7 +652,7 @@ def test_sessions_end_when_idle_and_every_login_makes_a_new_one(site: Site) -> N
     with site.engine.begin() as conn:
         rows = conn.execute(select(AdminSession).where(AdminSession.user_name == "vic")).all()
         assert len({r.id for r in rows}) == len(rows) >= 2
-        idle = datetime.now(UTC) - timedelta(seconds=site.node.settings.admin.session_idle_s + 60)
+        idle = datetime.now(UTC) - timedelta(seconds=site.settings.admin.session_idle_s + 60)
         conn.execute(update(AdminSession).values(last_seen_at=idle))
     assert first.get("/api/me").status_code == 401
     assert second.get("/api/me").status_code == 401
@@ -646,7 +692,7 @@ def test_audit_csv_cells_cannot_be_formulas(site: Site, tmp_path: Path) -> None:
     cells = [c for row in table for c in row]
     assert '\'=HYPERLINK("https://evil.example","x")' in cells
     assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")]
-    done = cli("audit", "--csv", config=config_for(site.node, tmp_path))
+    done = cli("audit", "--csv", config=config_for(site, tmp_path))
     assert done.returncode == 0, done.stderr
     assert not [c for row in csv.reader(io.StringIO(done.stdout)) for c in row if c[:1] == "="]
 
@@ -657,7 +703,7 @@ def test_cancelling_a_running_job_takes_it_from_its_worker(site: Site) -> None:
     admin = site.login("ada", "correct horse")
     headers = {"X-CSRF-Token": token(admin)}
     [job_id] = admin.post(f"/api/studies/{site.study_a}/rerun", headers=headers).json()["result"]
-    jobs_settings = site.node.settings.jobs
+    jobs_settings = site.settings.jobs
     assert claim(site.engine, job_id, "worker-1", jobs_settings)
     assert _job_state(site.engine, job_id) == "RUNNING"
     assert admin.post(f"/api/jobs/{job_id}/cancel", headers=headers).status_code == 200

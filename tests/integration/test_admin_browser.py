@@ -27,9 +27,8 @@ from pydicom import dcmread
 
 from dicom_node.domain import JobState
 from tests.helpers import REPO, free_port, wait_for
-from tests.integration.test_export import destination
-from tests.integration.test_queue import Scenario
 from tests.peers import storescp
+from tests.scenario import Scenario, destination
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -15,8 +15,7 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicom_node.db.models import Job
-from tests.helpers import node_settings, send_datasets, start_node
-from tests.integration.test_cli import cli
+from tests.helpers import cli, node_settings, send_datasets, start_node
 
 
 def users_add(cfg: Path, name: str, password: str, role: str) -> subprocess.CompletedProcess[str]:

@@ -3,34 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from pydicom import dcmread
 
-from tests.helpers import NODE_AE, RunningNode, send_datasets, wait_for
-
-
-def cli(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    extra = ["--config", str(config)] if config else []
-    return subprocess.run(
-        [sys.executable, "-m", "dicom_node", *args, *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def config_for(node: RunningNode, tmp_path: Path) -> Path:
-    cfg = tmp_path / "node.toml"
-    s = node.settings
-    cfg.write_text(
-        f'[node]\nport = {s.node.port}\n[storage]\nroot = "{s.storage.root}"\n'
-        f'[database]\nurl = "{s.database.url.get_secret_value()}"\n'
-    )
-    return cfg
+from tests.helpers import NODE_AE, RunningNode, cli, config_for, send_datasets, wait_for
 
 
 def test_studies_json_and_show(node: RunningNode, ct_dir: Path, tmp_path: Path) -> None:

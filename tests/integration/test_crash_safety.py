@@ -2,7 +2,7 @@
 
 The node runs as ``dicom-node serve`` (supervisor + 2 SCP processes) and is killed with SIGKILL
 (whole process group) at random moments, then restarted. Senders re-send whatever was not
-acknowledged, as a modality would. Size: DICOM_NODE_SOAK_INSTANCES (CI runs 1,000).
+acknowledged, as a modality would. Opt-in: DICOM_NODE_SOAK_INSTANCES instances (CI: 1,000).
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ from pynetdicom import dsutils
 from sqlalchemy import create_engine, select
 
 from dicom_node.db.models import Instance
-from tests.helpers import NODE_AE, free_port, scu, wait_for
-from tests.integration.test_dcmtk_peers import dataset_bytes
+from tests.helpers import NODE_AE, dataset_bytes, free_port, scu, wait_for
 from tests.peers import NodeProcess, echo_ok, write_node_config
 
 pytestmark = [
-    pytest.mark.soak,
+    pytest.mark.soak(size="DICOM_NODE_SOAK_INSTANCES"),
     # pynetdicom (the test's own SCU) leaks its socket when the peer is killed mid-association.
     pytest.mark.filterwarnings("ignore::ResourceWarning"),
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
@@ -41,7 +40,7 @@ KILLS = 8  # then the senders finish undisturbed: the run is bounded however slo
 
 
 def soak_size() -> int:
-    return int(os.environ.get("DICOM_NODE_SOAK_INSTANCES", "1000"))
+    return int(os.environ.get("DICOM_NODE_SOAK_INSTANCES", "0"))
 
 
 def make_instances(templates: list[Path], count: int) -> list[tuple[Dataset, bytes]]:

@@ -10,12 +10,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_preamble
 from pydicom.uid import UID
 from sqlalchemy import select
 
 from dicom_node.db.models import Instance
-from tests.helpers import NODE_AE, RunningNode
+from tests.helpers import NODE_AE, TRAILING_PADDING, RunningNode, dataset_bytes
 from tests.peers import dcmtk, storescp
 
 # storescu only proposes what it is told to (PITFALLS 11); one flag per transfer syntax.
@@ -34,18 +33,6 @@ STORESCU_FLAG = {
     "1.2.840.10008.1.2.4.91": "-xw",
     "1.2.840.10008.1.2.5": "-xr",
 }
-TRAILING_PADDING = 0xFFFCFFFC
-
-
-def dataset_bytes(path: Path) -> tuple[str, bytes]:
-    """(transfer syntax, the data set's bytes after the file meta) of a Part 10 file."""
-    ds = dcmread(path, stop_before_pixels=True)
-    with path.open("rb") as fh:
-        read_preamble(fh, force=False)
-        from pydicom.filereader import _read_file_meta_info  # noqa: PLC0415
-
-        _read_file_meta_info(fh)
-        return str(ds.file_meta.TransferSyntaxUID), fh.read()
 
 
 def storable_files(root: Path) -> dict[str, list[tuple[Path, str]]]:

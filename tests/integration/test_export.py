@@ -22,22 +22,9 @@ from sqlalchemy import select
 
 from dicom_node.db.models import AuditEvent, Export
 from dicom_node.domain import JobState
-from tests.helpers import NODE_AE, free_port, job_events, wait_for
-from tests.integration.test_cli import cli
-from tests.integration.test_queue import Scenario
+from tests.helpers import NODE_AE, cli, free_port, job_events, wait_for
 from tests.peers import OrthancPeer, orthanc, storescp
-
-
-def destination(name: str, aet: str, port: int, **extra: object) -> str:
-    lines = [
-        "[[destinations]]",
-        f'name = "{name}"',
-        f'ae_title = "{aet}"',
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        *(f"{k} = {v}" for k, v in extra.items()),
-    ]
-    return "\n".join(lines) + "\n"
+from tests.scenario import Scenario, destination
 
 
 @pytest.fixture

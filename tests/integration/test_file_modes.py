@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 from dicom_node.domain import JobState
-from tests.integration.test_queue import Scenario
+from tests.scenario import Scenario
 
 
 def test_every_file_of_a_pipeline_run_is_private_under_umask_022(

@@ -26,115 +26,29 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from dicom_node.errors import Permanent
 from tests.helpers import free_port, wait_for
 from tests.peers import NodeProcess, write_node_config
+from tests.raw import (
+    A_ABORT,
+    MB,
+    assert_rss_within,
+    associate_rq,
+    baseline,
+    connect,
+    echo,
+    json_lines,
+    listening,
+    read_all,
+)
 from workers.inference.volume import load_series
 
-A_ABORT = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
 ACSE_TIMEOUT_S = 3.0
 MAX_ASSOCIATIONS = 6
-MB = 1024 * 1024
-
-
-def associate_rq(called: str = "DICOM_NODE", calling: str = "RAWSCU") -> bytes:
-    """A real A-ASSOCIATE-RQ for Verification (PS3.8 §9.3.2), byte for byte."""
-
-    def item(kind: int, value: bytes) -> bytes:
-        return struct.pack(">BBH", kind, 0, len(value)) + value
-
-    context = item(
-        0x20,
-        bytes([1, 0, 0, 0])
-        + item(0x30, Verification.encode())
-        + item(0x40, ImplicitVRLittleEndian.encode()),
-    )
-    user = item(0x50, item(0x51, struct.pack(">L", 16384)) + item(0x52, b"1.2.3.4"))
-    body = (
-        struct.pack(">HH", 1, 0)
-        + called.ljust(16).encode()
-        + calling.ljust(16).encode()
-        + bytes(32)
-        + item(0x10, b"1.2.840.10008.3.1.1.1")
-        + context
-        + user
-    )
-    return struct.pack(">BBL", 0x01, 0, len(body)) + body
-
-
-def node_pids(root: int) -> list[int]:
-    """The node's process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
-    except OSError:
-        return "?"
-
-
-def echo(port: int, timeout: float = 10) -> bool:
-    ae = AE(ae_title="ECHOSCU")
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = timeout
-    assoc = ae.associate("127.0.0.1", port, ae_title="DICOM_NODE")
-    if not assoc.is_established:
-        return False
-    try:
-        status = assoc.send_c_echo()
-        return bool(status) and status.Status == 0
-    finally:
-        assoc.release()
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def connect(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def read_all(s: socket.socket, timeout: float) -> bytes:
-    """What the node sends until it closes the socket (or ``timeout``)."""
-    s.settimeout(timeout)
-    got = b""
-    try:
-        while chunk := s.recv(4096):
-            got += chunk
-    except TimeoutError:
-        pass
-    return got
 
 
 @pytest.fixture(scope="module")
@@ -157,26 +71,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess
         yield proc, port
     finally:
         proc.stop()
-
-
-def baseline(proc: NodeProcess) -> dict[int, float]:
-    """Every node process's RSS once it has settled: the embedded worker imports torch for some
-    seconds after start, which is no peer's doing."""
-    assert proc.proc is not None
-    before = {pid: rss_mb(pid) for pid in node_pids(proc.proc.pid)}
-    for _ in range(60):
-        time.sleep(0.5)
-        now = {pid: rss_mb(pid) for pid in node_pids(proc.proc.pid)}
-        if now.keys() == before.keys() and all(abs(now[p] - before[p]) < 2 for p in now):
-            return now
-        before = now
-    return before
-
-
-def assert_rss_within(before: dict[int, float], limit_mb: float) -> None:
-    for pid, mb in before.items():
-        now = rss_mb(pid)
-        assert now - mb < limit_mb, f"process {pid} ({cmdline(pid)}): RSS {mb:.0f} -> {now:.0f} MiB"
 
 
 @pytest.mark.parametrize("claim", [256 * MB, 4 * 1024 * MB - 1], ids=["256MiB", "4GiB"])
@@ -447,13 +341,3 @@ def test_every_line_of_the_node_log_is_json(node: tuple[NodeProcess, int]) -> No
     assert json_lines(lines) == len(lines) > 0
     events = {json.loads(line)["event"] for line in lines}
     assert {"pdu_refused", "association_request_timed_out", "c_store_failed"} <= events
-
-
-def json_lines(lines: list[str]) -> int:
-    """How many lines parse as a JSON object; the first that does not, in the failure."""
-    for line in lines:
-        try:
-            assert isinstance(json.loads(line), dict)
-        except (ValueError, AssertionError):
-            pytest.fail(f"not a JSON line in the node log: {line[:300]!r}")
-    return len(lines)

@@ -8,44 +8,22 @@ whatever the arrival order, gantry tilt or form of the model.
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from pydicom import dcmread
 
-from tests.models import build_model, threshold_conv
+from tests.models import THRESHOLD_HU, build_model, expected_masks, run_model, threshold_conv
 from workers.inference.manifest import ModelError
-from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
 
 TILTED = "dcm_qa_ct/In/Philips/S21610/S2010"
-THRESHOLD_HU = 300.5
 
 
 def ct_files(testdata: Path, folder: str = TILTED) -> list[Path]:
     return [p for p in (testdata / folder).iterdir() if p.name != "DIRFILE"]
-
-
-def expected_masks(files: list[Path]) -> dict[str, np.ndarray]:
-    out = {}
-    for path in files:
-        ds = dcmread(path)
-        hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        out[ds.SOPInstanceUID] = (hu > THRESHOLD_HU).astype(np.uint8)
-    return out
-
-
-def run_model(
-    root: Path, name: str, files: list[Path], results: Path, job: str = "job-1", **rule: Any
-) -> dict:
-    shuffled = files[:]
-    random.Random(3).shuffle(shuffled)
-    job_input = JobInput(job, 1, name, (SeriesInput("1.2.3", tuple(shuffled)),), **rule)
-    return run(job_input, ModelCache(root, "cpu"), results)
 
 
 @pytest.mark.parametrize("kind", ["torchscript", "state_dict", "monai_bundle"])

@@ -40,20 +40,15 @@ from dicom_node.jobs.facts import study_stack_facts
 from dicom_node.jobs.rules import evaluate
 from dicom_node.settings import ProfileSettings, RuleMatch, RuleSettings
 from tests import recompose as rc
-from tests.helpers import RunningNode, free_port
-from tests.integration.test_export import destination
-from tests.integration.test_inference import run_model
-from tests.integration.test_queue import Scenario
-from tests.integration.test_reference_model import MODELS, cli
-from tests.integration.test_results import dciodvfy_errors
-from tests.models import WINDOW, band_labels, build_model
+from tests.helpers import RunningNode, cli, dciodvfy_errors, free_port
+from tests.models import CT_BANDS, MODELS, WINDOW, band_labels, build_model, run_model
 from tests.peers import storescp
+from tests.scenario import Scenario, destination
 from workers.inference.runners import ModelCache
 from workers.inference.volume import VolumeError, load_series
 from workers.results.build import build_results
 from workers.results.seg import quiet_person_names
 
-CT_BANDS = (-500.5, 300.5)  # air / soft tissue / bone
 MR_BANDS = (100.5, 300.5)
 
 
@@ -71,10 +66,6 @@ class Pattern:
     repairs: int = 0  # source attributes repaired before they are copied into the results
 
 
-def _straight(testdata: Path) -> list[Dataset]:
-    return rc.read_series(testdata, rc.STRAIGHT)
-
-
 def _tilted(testdata: Path) -> list[Dataset]:
     return rc.read_series(testdata, rc.TILTED)
 
@@ -90,36 +81,15 @@ def two_regimes(series: Callable[[Path], list[Dataset]], first: int, second: int
 
 def irregular(testdata: Path) -> list[Dataset]:
     gaps = list(np.random.default_rng(13).uniform(3.0, 7.0, 19).round(3))
-    return rc.new_series(rc.respace(_straight(testdata), gaps, [5.0] * 20), "irregular")
+    return rc.new_series(rc.respace(rc.straight(testdata), gaps, [5.0] * 20), "irregular")
 
 
 def overlapping(testdata: Path) -> list[Dataset]:
-    return rc.new_series(rc.respace(_straight(testdata), [2.5] * 27, [5.0] * 28), "overlap")
-
-
-def missing(*dropped: int) -> Callable[[Path], list[Dataset]]:
-    def build(testdata: Path) -> list[Dataset]:
-        slices = rc.new_series(_straight(testdata), "missing slices")
-        return [ds for k, ds in enumerate(slices) if k not in dropped]  # numbers keep their hole
-
-    return build
-
-
-def with_localizer(testdata: Path) -> list[Dataset]:
-    localizer = dcmread(testdata / rc.LOCALIZER)
-    return rc.new_series([localizer, *_straight(testdata)], "localizer inside")
-
-
-def repeated(keyword: str | None, values: tuple[str, str]) -> Callable[[Path], list[Dataset]]:
-    def build(testdata: Path) -> list[Dataset]:
-        both = rc.repeat_at_same_positions(_straight(testdata)[:12], keyword, values)
-        return rc.new_series(both, f"two acquisitions by {keyword or 'ContentTime'}")
-
-    return build
+    return rc.new_series(rc.respace(rc.straight(testdata), [2.5] * 27, [5.0] * 28), "overlap")
 
 
 def duplicates(testdata: Path) -> list[Dataset]:
-    slices = rc.new_series(_straight(testdata), "duplicates")
+    slices = rc.new_series(rc.straight(testdata), "duplicates")
     again = rc.new_series(slices[5:8], "re-sent")  # same position and pixels, new UIDs
     for ds in again:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = (
@@ -132,12 +102,12 @@ def duplicates(testdata: Path) -> list[Dataset]:
 
 
 def reversed_order(testdata: Path) -> list[Dataset]:
-    slices = rc.new_series(_straight(testdata)[::-1], "reversed")
+    slices = rc.new_series(rc.straight(testdata)[::-1], "reversed")
     return slices
 
 
 def mixed_matrix(testdata: Path) -> list[Dataset]:
-    slices = _straight(testdata)
+    slices = rc.straight(testdata)
     small = [rc.crop(ds, 256, 256) for ds in slices[:6]]
     return rc.new_series(slices + small, "mixed matrix")
 
@@ -160,14 +130,14 @@ def mosaic(testdata: Path) -> list[Dataset]:
 
 def ambiguous_repeat(testdata: Path) -> list[Dataset]:
     """Two frames at one position, different pixels, nothing else different."""
-    both = rc.repeat_at_same_positions(_straight(testdata)[:6], None, ("", ""))
+    both = rc.repeat_at_same_positions(rc.straight(testdata)[:6], None, ("", ""))
     for ds in both:
         ds.ContentTime = ds.AcquisitionTime = "100000.000"
     return rc.new_series(both, "ambiguous")
 
 
 def shifted_in_plane(testdata: Path) -> list[Dataset]:
-    slices = rc.new_series(_straight(testdata)[:12], "shifted")
+    slices = rc.new_series(rc.straight(testdata)[:12], "shifted")
     rc.set_position(slices[6], rc.floats(slices[6].ImagePositionPatient) + np.array([2.0, 0, 0]))
     return slices
 
@@ -175,7 +145,7 @@ def shifted_in_plane(testdata: Path) -> list[Dataset]:
 def invalid_attributes(testdata: Path) -> list[Dataset]:
     """What real scanners write: a StudyDate of ***, an over-long SH, a date with a wrong VR,
     and a ReferencedStudySequence (whose "instance" is the Study Instance UID)."""
-    slices = rc.new_series(_straight(testdata)[:8], "invalid attributes")
+    slices = rc.new_series(rc.straight(testdata)[:8], "invalid attributes")
     for ds in slices:
         ds.StudyDate = "***"
         ds.StudyID = "X" * 40
@@ -189,7 +159,7 @@ def invalid_attributes(testdata: Path) -> list[Dataset]:
 
 def tilt_between_stacks(testdata: Path) -> list[Dataset]:
     """Two acquisitions in one series, the second tilted: one stack each."""
-    straight = _straight(testdata)[:14]
+    straight = rc.straight(testdata)[:14]
     tilted = rc.respace(_tilted(testdata), [5.0] * 13)
     for ds in tilted:
         ds.AcquisitionNumber = 2
@@ -198,7 +168,7 @@ def tilt_between_stacks(testdata: Path) -> list[Dataset]:
 
 PROCESSED: dict[str, Pattern] = {
     "two regimes, untilted": Pattern(
-        two_regimes(_straight, 13, 13), spacing="13 x 4.00 mm + 1 x 5.10 mm + 13 x 7.00 mm"
+        two_regimes(rc.straight, 13, 13), spacing="13 x 4.00 mm + 1 x 5.10 mm + 13 x 7.00 mm"
     ),
     "two regimes, gantry tilt": Pattern(
         two_regimes(_tilted, 23, 17), spacing="23 x 4.00 mm + 1 x 5.10 mm + 17 x 7.00 mm"
@@ -206,20 +176,20 @@ PROCESSED: dict[str, Pattern] = {
     "irregular spacing": Pattern(irregular, chosen_frames=20),
     "overlapping slices": Pattern(overlapping, spacing="uniform 2.50 mm"),
     "one missing slice, interpolated": Pattern(
-        missing(10), rule={"interpolate_gaps_mm": 10.0}, chosen_frames=27, notes=1
+        rc.missing(10), rule={"interpolate_gaps_mm": 10.0}, chosen_frames=27, notes=1
     ),
     "two missing slices, interpolated": Pattern(
-        missing(10, 11), rule={"interpolate_gaps_mm": 15.0}, chosen_frames=26, notes=1
+        rc.missing(10, 11), rule={"interpolate_gaps_mm": 15.0}, chosen_frames=26, notes=1
     ),
-    "localizer inside the series": Pattern(with_localizer, stacks=2, chosen_frames=28),
+    "localizer inside the series": Pattern(rc.with_localizer, stacks=2, chosen_frames=28),
     "two acquisitions by AcquisitionNumber": Pattern(
-        repeated("AcquisitionNumber", ("1", "2")), stacks=2, chosen_frames=12
+        rc.repeated("AcquisitionNumber", ("1", "2")), stacks=2, chosen_frames=12
     ),
     "two acquisitions by TemporalPositionIdentifier": Pattern(
-        repeated("TemporalPositionIdentifier", ("1", "2")), stacks=2, chosen_frames=12
+        rc.repeated("TemporalPositionIdentifier", ("1", "2")), stacks=2, chosen_frames=12
     ),
     "dynamic told apart only by ContentTime": Pattern(
-        repeated(None, ("", "")), stacks=2, chosen_frames=12
+        rc.repeated(None, ("", "")), stacks=2, chosen_frames=12
     ),
     "duplicate instances": Pattern(duplicates, chosen_frames=28, notes=3),
     "reversed order": Pattern(reversed_order, spacing="uniform 5.00 mm"),
@@ -235,7 +205,7 @@ PROCESSED: dict[str, Pattern] = {
 
 REFUSED: dict[str, tuple[Callable[[Path], list[Dataset]], dict[str, Any], str]] = {
     "one missing slice": (
-        missing(10),
+        rc.missing(10),
         {},
         "stack 1, axial, 512x512, 27 frames: slices missing between instance 10 (at 741.21 mm)"
         " and instance 12 (at 751.21 mm) along the slice normal: a gap of 10.00 mm (about 1"
@@ -243,7 +213,7 @@ REFUSED: dict[str, tuple[Callable[[Path], list[Dataset]], dict[str, Any], str]] 
         " mm; a rule may allow interpolation across such gaps (interpolate_gaps_mm)",
     ),
     "two missing slices": (
-        missing(10, 11),
+        rc.missing(10, 11),
         {"interpolate_gaps_mm": 10.0},
         "stack 1, axial, 512x512, 26 frames: slices missing between instance 10 (at 741.21 mm)"
         " and instance 13 (at 756.21 mm) along the slice normal: a gap of 15.00 mm (about 2"
@@ -440,7 +410,9 @@ def test_enhanced_multiframe_with_two_stacks_is_split_by_stack(
 ) -> None:
     """A Legacy Converted Enhanced CT made by highdicom from real slices: two acquisitions at the
     same positions in one instance, told apart by the frames' Stack ID."""
-    both = rc.new_series(rc.repeat_at_same_positions(_straight(testdata)[:8], None, ("", "")), "mf")
+    both = rc.new_series(
+        rc.repeat_at_same_positions(rc.straight(testdata)[:8], None, ("", "")), "mf"
+    )
     with quiet_person_names():
         mf = hd.legacy.LegacyConvertedEnhancedCTImage(
             both, both[0].SeriesInstanceUID, 1, hd.UID(), 1
@@ -505,6 +477,7 @@ def test_ct_tissue_end_to_end_on_tilted_ct_with_two_spacings(
     done = cli(
         "models", "evaluate", "ct-tissue", "--cases", str(series_dir), "--out", str(out),
         env={"DICOM_NODE_MODELS__ROOT": str(MODELS), "DICOM_NODE_MODELS__DEVICE": "cpu"},
+        timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "evaluation.json").read_text())

@@ -21,13 +21,14 @@ from dicom_node.jobs import service
 from dicom_node.settings import JobSettings
 from tests.helpers import (
     RunningNode,
+    cli,
+    config_for,
     job_events,
     node_settings,
     send_datasets,
     start_node,
     wait_for,
 )
-from tests.integration.test_cli import cli, config_for
 
 RULES = [
     {

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from pydicom.uid import (
     generate_uid,
 )
 from pynetdicom import dsutils
-from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy import func, select
 
 from dicom_node import statuses
@@ -33,36 +30,24 @@ from tests.helpers import (
     start_node,
 )
 from tests.peers import dcmtk
+from tests.raw import c_store_raw
 
 
 def send_raw(
     port: int, sop_class: str, sop_instance: str, payload: bytes, ts: str = ExplicitVRLittleEndian
 ) -> Dataset:
     """A C-STORE whose request UIDs and data set bytes we choose: a bad sender's view."""
-    ae = scu(syntaxes=[ts])
-    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AE)
+    assoc = scu(syntaxes=[ts]).associate("127.0.0.1", port, ae_title=NODE_AE)
     assert assoc.is_established
-    # Take the association's reactor off the DIMSE queue, as pynetdicom's own send_* methods do.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
     try:
         cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == sop_class)
-        req = C_STORE()
-        req.MessageID = 1
-        req.AffectedSOPClassUID = sop_class
-        req.AffectedSOPInstanceUID = sop_instance
-        req.Priority = 2
-        req.DataSet = BytesIO(payload)
-        assoc.dimse.send_msg(req, cx.context_id)
-        _cx_id, rsp = assoc.dimse.get_msg(block=True)
+        rsp = c_store_raw(assoc, cx.context_id, sop_class, sop_instance, payload)
         assert rsp is not None, "no C-STORE response"
         out = Dataset()
         out.Status = rsp.Status
         out.ErrorComment = getattr(rsp, "ErrorComment", None) or ""
         return out
     finally:
-        assoc._reactor_checkpoint.set()
         assoc.release()
 
 

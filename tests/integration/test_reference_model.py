@@ -27,30 +27,16 @@ from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
 from dicom_node.domain import JobState
-from tests.helpers import REPO, free_port
-from tests.integration.test_export import destination
-from tests.integration.test_queue import Scenario
-from tests.integration.test_results import dciodvfy_errors, dsrdump_ok
-from tests.models import build_model
+from tests.helpers import REPO, cli, dciodvfy_errors, dsrdump_ok, free_port
+from tests.models import MODELS, build_model
 from tests.peers import storescp
+from tests.scenario import Scenario, destination
 from workers.inference.manifest import ModelError, load_manifest, sha256_of
 from workers.inference.runners import ModelCache
 
-MODELS = REPO / "models"
 BUNDLE = MODELS / "ct-tissue"
 HELD_OUT = "dcmqi/data/segmentations/ct-3slice"  # patient abdomen, never trained on
 THRESHOLDS = {"bone": 0.90, "soft tissue": 0.90, "adipose tissue": 0.80, "air": 0.80}
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dicom_node", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
 
 
 def test_training_runs_at_smoke_size_and_its_bundle_loads(tmp_path: Path, testdata: Path) -> None:
@@ -102,6 +88,7 @@ def test_held_out_dice_through_the_evaluate_command(tmp_path: Path, testdata: Pa
     done = cli(
         "models", "evaluate", "ct-tissue", "--cases", str(testdata / HELD_OUT), "--out", str(out),
         env={"DICOM_NODE_MODELS__ROOT": str(MODELS), "DICOM_NODE_MODELS__DEVICE": "cpu"},
+        timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((out / "evaluation.json").read_text())
@@ -168,6 +155,7 @@ def test_evaluate_against_a_reference_seg_matches_an_independent_count(
         "--reference", str(tmp_path / "refs"), "--out", str(tmp_path / "report"),
         env={"DICOM_NODE_MODELS__ROOT": str(tmp_path / "models"),
              "DICOM_NODE_MODELS__DEVICE": "cpu"},
+        timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "evaluation.json").read_text())

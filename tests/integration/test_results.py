@@ -10,7 +10,6 @@ weights that cuts the intensity into bands: one segment per band.
 
 from __future__ import annotations
 
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
 from dicom_node.settings import ProfileSettings
-from tests.integration.test_inference import run_model
-from tests.models import WINDOW, band_labels, build_model
+from tests.helpers import dciodvfy_errors, dsrdump_ok
+from tests.models import WINDOW, band_labels, build_model, run_model
 from workers.inference.decode import pixel_array
 from workers.inference.runners import ModelCache
 from workers.results.build import build_results, load_mask
@@ -47,16 +46,6 @@ label = {label}
 name = {{ value = "272673000", scheme = "SCT", meaning = "Bone" }}
 min_volume_ml = 0.001
 """
-
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
-
-
-def dsrdump_ok(path: Path) -> tuple[int, str]:
-    done = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, check=False)
-    return done.returncode, done.stderr
 
 
 def series_files(testdata: Path, where: str) -> list[Path]:

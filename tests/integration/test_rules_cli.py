@@ -8,8 +8,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from tests.helpers import RunningNode, send_datasets, wait_for
-from tests.integration.test_cli import cli, config_for
+from tests.helpers import RunningNode, cli, config_for, send_datasets, wait_for
 
 
 def test_rules_test_explains_the_choice(node: RunningNode, ct_dir: Path, tmp_path: Path) -> None:

@@ -24,10 +24,17 @@ from sqlalchemy import select
 from dicom_node.admin.reports import timeline
 from dicom_node.db.models import AuditEvent, Job
 from dicom_node.domain import JobState
-from tests.helpers import RunningNode, node_settings, send_datasets, start_node, wait_for
-from tests.integration.test_cli import cli, config_for
-from tests.integration.test_input_patterns import CT_BANDS, missing, repeated, with_localizer
-from tests.models import build_model
+from tests.helpers import (
+    RunningNode,
+    cli,
+    config_for,
+    node_settings,
+    send_datasets,
+    start_node,
+    wait_for,
+)
+from tests.models import CT_BANDS, build_model
+from tests.recompose import missing, repeated, with_localizer
 from workers.runner import WorkerContext, execute
 
 GAP = (

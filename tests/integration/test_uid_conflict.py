@@ -17,8 +17,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from dicom_node.db.models import AuditEvent, Instance, Series, Study
-from tests.helpers import RunningNode, send_datasets, wait_for
-from tests.integration.test_cli import cli, config_for
+from tests.helpers import RunningNode, cli, config_for, send_datasets, wait_for
 
 
 def audit(node: RunningNode) -> list[tuple[str, str | None]]:
