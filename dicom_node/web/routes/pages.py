@@ -1,0 +1,104 @@
+"""The server-rendered pages (Jinja2), from the same read models as the API.
+
+No ``from __future__ import annotations``: FastAPI reads these annotations at run time.
+"""
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import HTMLResponse, Response
+
+from dicom_node.admin import reports
+from dicom_node.admin.models import models_overview
+from dicom_node.admin.queries import list_exports, list_jobs
+from dicom_node.web.context import Ctx, Viewer, page
+from dicom_node.web.filters import AuditQuery, StudyQuery
+from dicom_node.web.routes.api import audit_csv
+
+router = APIRouter(default_response_class=HTMLResponse)
+
+
+@router.get("/")
+def dashboard_page(request: Request, _: Viewer, ctx: Ctx, window: str = "24h") -> HTMLResponse:
+    return page(request, "dashboard.html", d=reports.dashboard(ctx.engine, window))
+
+
+@router.get("/studies")
+def studies_page(request: Request, _: Viewer, ctx: Ctx, flt: StudyQuery) -> HTMLResponse:
+    return page(
+        request,
+        "studies.html",
+        rows=reports.studies(ctx.engine, flt, show_accession=ctx.show_accession),
+        f=flt,
+        models=sorted({m for rule in ctx.settings.rules for m in rule.models}),
+        show_accession=ctx.show_accession,
+    )
+
+
+@router.get("/studies/{study_uid}")
+def study_page(request: Request, _: Viewer, ctx: Ctx, study_uid: str) -> HTMLResponse:
+    found = reports.timeline(ctx.engine, ctx.settings, study_uid, show_accession=ctx.show_accession)
+    if found is None:
+        raise HTTPException(404, f"no study {study_uid}")
+    return page(request, "study.html", s=found, show_accession=ctx.show_accession)
+
+
+@router.get("/jobs")
+def jobs_page(
+    request: Request,
+    _: Viewer,
+    ctx: Ctx,
+    state: str = "",
+    model: str = "",
+    study_uid: str = "",
+) -> HTMLResponse:
+    rows = list_jobs(
+        ctx.engine,
+        state=state or None,
+        model=model or None,
+        study_uid=study_uid or None,
+        limit=200,
+    )
+    return page(request, "jobs.html", rows=rows, state=state, model=model, study_uid=study_uid)
+
+
+@router.get("/exports")
+def exports_page(
+    request: Request, _: Viewer, ctx: Ctx, state: str = "", destination: str = ""
+) -> HTMLResponse:
+    rows = list_exports(ctx.engine, state=state or None)
+    rows = [r for r in rows if not destination or r["destination"] == destination]
+    return page(
+        request,
+        "exports.html",
+        outbox=reports.outbox(ctx.engine, ctx.settings),
+        rows=rows,
+        state=state,
+        destination=destination,
+    )
+
+
+@router.get("/audit")
+def audit_page(request: Request, _: Viewer, ctx: Ctx, flt: AuditQuery) -> HTMLResponse:
+    return page(
+        request,
+        "audit.html",
+        rows=reports.audit(ctx.engine, flt),
+        f=flt,
+        event_types=reports.audit_event_types(ctx.engine),
+        query=request.url.query,
+    )
+
+
+@router.get("/destinations")
+def destinations_page(request: Request, _: Viewer, ctx: Ctx) -> HTMLResponse:
+    return page(request, "destinations.html", outbox=reports.outbox(ctx.engine, ctx.settings))
+
+
+@router.get("/models")
+def models_page(request: Request, _: Viewer, ctx: Ctx) -> HTMLResponse:
+    rows = models_overview(ctx.engine, Path(ctx.settings.models.root))
+    return page(request, "models.html", models=rows)
+
+
+router.add_api_route("/audit.csv", audit_csv, methods=["GET"], response_class=Response)
