@@ -1,3 +1,3 @@
-from dicom_node.admin.cli import main
+from dicom_node.cli import main
 
 main()

@@ -1,4 +1,5 @@
-"""``dicom-node serve``: the whole node on one machine, and the one place to read its flow.
+"""The composition root: ``dicom-node serve`` (the whole node on one machine) and ``dicom-node
+worker`` (a Celery worker) are wired here and nowhere else; the one place to read the flow.
 
 1. prepare: migrate the index, run the recovery scan, close associations left open by a crash;
 2. receive: N SCP processes (``dicom_node.receive``) listen on one port with SO_REUSEPORT;
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.process import BaseProcess
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine
 
@@ -44,6 +46,9 @@ from dicom_node.storage.paths import StorageLayout
 from dicom_node.storage.recovery import RecoveryReport, recover
 from dicom_node.studies.policy import CompletionPolicy
 from dicom_node.studies.sweeper import OnComplete, Sweeper
+
+if TYPE_CHECKING:
+    from dicom_node.web.server import AdminServer
 
 log = get_logger(__name__)
 
@@ -90,6 +95,31 @@ def scp_process_count(settings: Settings) -> int:
     return settings.node.scp_processes or os.cpu_count() or 1
 
 
+@dataclass
+class Stages:
+    """The node's in-process stages, started by ``Node`` and stopped in reverse."""
+
+    dispatcher: Dispatcher
+    sweeper: Sweeper
+    exporter: Exporter
+    embedded: EmbeddedWorkers | None
+    admin: AdminServer | None = None
+
+    def wake_senders(self) -> None:
+        """After an admin's action: jobs to dispatch, exports to send."""
+        self.dispatcher.wake()
+        self.exporter.wake()
+
+    def stop(self) -> None:
+        if self.admin is not None:
+            self.admin.stop()
+        self.sweeper.stop()
+        self.exporter.stop()
+        self.dispatcher.stop()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
 class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -114,35 +144,7 @@ class Node:
 
     def run(self) -> None:
         prepared = prepare(self.settings)
-        broker = self.settings.queue.broker_url
-        dispatcher = Dispatcher(
-            prepared.engine, self.settings, celery_publisher(self.settings) if broker else None
-        )
-        dispatcher.start()
-        embedded = None
-        if broker is None and self.settings.queue.embedded_workers:
-            embedded = EmbeddedWorkers(prepared.engine, self.settings)
-            embedded.start()
-        sweeper = Sweeper(
-            prepared.engine,
-            completion_policy(self.settings),
-            self.settings.completion.sweep_interval_s,
-            job_maker(self.settings),
-            after_commit=lambda _uids: dispatcher.wake(),
-        )
-        sweeper.start()
-        exporter = Exporter(prepared.engine, self.settings)
-        exporter.start()
-        admin = None
-        if self.settings.admin.enabled:
-            from dicom_node.web.server import AdminServer  # noqa: PLC0415 - FastAPI on demand
-
-            def on_change() -> None:
-                dispatcher.wake()
-                exporter.wake()
-
-            admin = AdminServer(self.settings, prepared.engine, on_change)
-            admin.start_and_wait()
+        stages = self._start_stages(prepared.engine)
         index = Index(prepared.engine)
         self._children = [self._spawn(i) for i in range(self.processes)]
         node = self.settings.node
@@ -153,30 +155,84 @@ class Node:
             port=node.port,
             scp_processes=self.processes,
             tls=self.settings.security.tls_cert is not None,
-            queue="celery" if broker else f"embedded x{self.settings.queue.embedded_workers}",
+            queue="celery"
+            if self.settings.queue.broker_url
+            else f"embedded x{self.settings.queue.embedded_workers}",
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         while not self._stop.wait(0.5):
-            for i, child in enumerate(self._children):
-                if not child.is_alive():
-                    log.error("scp_process_died", pid=child.pid, exitcode=child.exitcode)
-                    index.close_orphaned_associations(pid=child.pid)
-                    self._children[i] = self._spawn(i)
-            if embedded is not None:
-                guarded(embedded.supervise, "supervise_failed")
-        if admin is not None:
-            admin.stop()
-        sweeper.stop()
-        exporter.stop()
-        dispatcher.stop()
-        if embedded is not None:
-            embedded.stop()
+            self._supervise(index, stages)
+        stages.stop()
         for child in self._children:
             child.terminate()
         for child in self._children:
             child.join(timeout=5)
         log.info("node_stopped")
 
+    def _start_stages(self, engine: Engine) -> Stages:
+        """Dispatcher, embedded workers (no broker), sweeper, senders, admin app: started."""
+        settings = self.settings
+        broker = settings.queue.broker_url
+        dispatcher = Dispatcher(engine, settings, celery_publisher(settings) if broker else None)
+        dispatcher.start()
+        embedded = None
+        if broker is None and settings.queue.embedded_workers:
+            embedded = EmbeddedWorkers(engine, settings)
+            embedded.start()
+        sweeper = Sweeper(
+            engine,
+            completion_policy(settings),
+            settings.completion.sweep_interval_s,
+            job_maker(settings),
+            after_commit=lambda _uids: dispatcher.wake(),
+        )
+        sweeper.start()
+        exporter = Exporter(engine, settings)
+        exporter.start()
+        stages = Stages(dispatcher, sweeper, exporter, embedded)
+        if settings.admin.enabled:
+            from dicom_node.web.server import AdminServer  # noqa: PLC0415 - FastAPI on demand
+
+            stages.admin = AdminServer(settings, engine, stages.wake_senders)
+            stages.admin.start_and_wait()
+        return stages
+
+    def _supervise(self, index: Index, stages: Stages) -> None:
+        """Restart a dead SCP process (closing its associations), and the embedded workers'."""
+        for i, child in enumerate(self._children):
+            if not child.is_alive():
+                log.error("scp_process_died", pid=child.pid, exitcode=child.exitcode)
+                index.close_orphaned_associations(pid=child.pid)
+                self._children[i] = self._spawn(i)
+        if stages.embedded is not None:
+            guarded(stages.embedded.supervise, "supervise_failed")
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._stop.set()
+
+
+def run_celery_worker(settings: Settings, queues: str, concurrency: int) -> None:
+    """``dicom-node worker``: a Celery worker on ``queues``. Prefork with spawned children, so
+    CUDA is only ever initialised in a process that was not forked (PITFALLS 26)."""
+    from workers.celery_app import app as celery_app  # noqa: PLC0415 - the worker side's seam
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--pool-start-method",
+            "spawn",
+            "--loglevel",
+            settings.logging.level,
+            "--hostname",
+            f"{queues.replace(',', '-')}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )

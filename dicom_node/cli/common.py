@@ -1,0 +1,80 @@
+"""What every command shares: the ``--config`` and ``--json`` options, settings and engine
+loading with clear exit codes, and the actor name CLI actions are audited under."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dicom_node import logs
+from dicom_node.settings import Settings, SettingsError, load_settings
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", envvar="DICOM_NODE_CONFIG", help="TOML configuration file."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def settings_for(config: Path | None, *, create: bool = False) -> Settings:
+    """The settings, the logs configured, and the file modes set (``storage.modes``)."""
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(2) from None
+    logs.configure(settings.logging.level, json_output=settings.logging.json_output)
+    from dicom_node.storage.modes import FileModeError, secure  # noqa: PLC0415
+
+    try:
+        secure(settings, create=create)
+    except FileModeError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
+def engine_for(settings: Settings) -> Any:
+    """The index, migrated to the latest revision."""
+    from dicom_node.db.migrate import upgrade  # noqa: PLC0415 - keep `--help` fast
+    from dicom_node.db.session import make_engine  # noqa: PLC0415
+
+    url = settings.database.url.get_secret_value()
+    upgrade(url)
+    return make_engine(url)
+
+
+def actor() -> str:
+    """The audit log's actor for a CLI action: the OS account that ran it."""
+    import getpass  # noqa: PLC0415
+
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (KeyError, OSError):
+        return "cli"
+
+
+def run_action(do: Any) -> Any:
+    """An admin action (the same functions the web UI calls): exit 2 for what does not exist,
+    1 for what may not be done, with the reason on stderr."""
+    from dicom_node.admin.actions import ActionError, NotFoundError  # noqa: PLC0415
+
+    try:
+        return do()
+    except NotFoundError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except ActionError as exc:
+        typer.echo(f"dicom-node: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def new_password(from_stdin: bool) -> str:
+    if from_stdin:
+        import sys  # noqa: PLC0415
+
+        return sys.stdin.readline().rstrip("\n")
+    value: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return value

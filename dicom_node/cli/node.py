@@ -1,0 +1,59 @@
+"""Running the node: ``serve``, ``worker`` (Celery) and ``echo``; the root adds them. The
+wiring itself is ``dicom_node.node``, the composition root."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from dicom_node.cli.common import (
+    ConfigOption,
+    settings_for,
+)
+
+
+def serve(config: ConfigOption = None) -> None:
+    """Run the node: Storage SCP, completion sweeper (embedded defaults: SQLite, no Redis)."""
+    from dicom_node.node import Node  # noqa: PLC0415
+
+    Node(settings_for(config, create=True)).run()
+
+
+def echo(
+    host: str,
+    port: int,
+    aet: Annotated[str, typer.Argument(help="The called AE title.")],
+    calling: Annotated[str, typer.Option(help="Our calling AE title.")] = "DICOM_NODE",
+    config: ConfigOption = None,
+) -> None:
+    """C-ECHO a remote AE, to test a link."""
+    from dicom_node.receive.echo import c_echo  # noqa: PLC0415
+
+    settings_for(config)
+    result = c_echo(host, port, aet, calling_ae=calling)
+    typer.echo(result.message)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def worker(
+    queues: Annotated[str, typer.Option("-Q", "--queues", help="gpu, io or both: gpu,io")] = "gpu",
+    concurrency: Annotated[
+        int, typer.Option("-c", "--concurrency", help="pool processes (one per GPU)")
+    ] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Run a Celery worker against [queue] broker_url (Redis). Pool: prefork with spawned
+    children, so CUDA is only ever initialised in a process that was not forked."""
+    settings = settings_for(config)
+    if settings.queue.broker_url is None:
+        typer.echo(
+            "dicom-node: no [queue] broker_url: `serve` runs jobs itself (embedded)", err=True
+        )
+        raise typer.Exit(2)
+    if config is not None:  # the spawned pool children load the same settings
+        os.environ["DICOM_NODE_CONFIG"] = str(config.resolve())
+    from dicom_node.node import run_celery_worker  # noqa: PLC0415
+
+    run_celery_worker(settings, queues, concurrency)
