@@ -34,16 +34,18 @@ def _cap(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+class DeliberateCloseError(OSError):
+    """A socket the node closed on purpose (a receive bound, ``receive.server``): pynetdicom
+    logs the error with a traceback, which this module drops."""
+
+
 class _DropDeliberateCloses(logging.Filter):
     """pynetdicom logs a traceback when the node's receive bounds close a socket."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            from dicom_node.receive.server import PduLimitError  # noqa: PLC0415 - no cycle
-
-            if isinstance(record.exc_info[1], PduLimitError | TimeoutError):
-                record.exc_info = None
-                record.exc_text = None
+        if record.exc_info and isinstance(record.exc_info[1], DeliberateCloseError | TimeoutError):
+            record.exc_info = None
+            record.exc_text = None
         return True
 
 

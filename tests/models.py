@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from pydicom import dcmread
 
+from dicom_node.results import JobSummary
 from tests.helpers import REPO
 from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
@@ -191,7 +192,7 @@ def expected_masks(files: list[Path]) -> dict[str, np.ndarray]:
 
 def run_model(
     root: Path, name: str, files: list[Path], results: Path, job: str = "job-1", **rule: Any
-) -> dict:
+) -> JobSummary:
     shuffled = files[:]
     random.Random(3).shuffle(shuffled)
     job_input = JobInput(job, 1, name, (SeriesInput("1.2.3", tuple(shuffled)),), **rule)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,9 +22,10 @@ from dicom_node.db.session import make_engine
 from dicom_node.domain import JobState
 from dicom_node.errors import Permanent, Transient
 from dicom_node.export.outbox import create_exports
-from dicom_node.jobs.service import claim, give_back, heartbeat, transition_job
+from dicom_node.jobs.service import claim, give_back, heartbeat, results_ready
 from dicom_node.logs import get_logger
 from dicom_node.loops import Loop
+from dicom_node.results import BuiltResults, JobSummary, ObjectKind
 from dicom_node.settings import Settings
 from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
@@ -58,10 +60,36 @@ class WorkerContext:
         self.models = ModelCache(settings.models.root, settings.models.device)
 
 
-def job_input(engine: Engine, job_id: str, settings: Settings) -> JobInput:
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """The job's row as the worker reads it, once, after claiming it."""
+
+    id: str
+    attempt: int
+    model: str
+    rule: str
+    study_uid: str
+    series_uids: tuple[str, ...]
+    stack: dict[str, Any]
+
+    @classmethod
+    def read(cls, engine: Engine, job_id: str) -> JobRecord:
+        with engine.connect() as conn:
+            job = conn.execute(select(Job).where(Job.id == job_id)).one()
+        return cls(
+            id=job.id,
+            attempt=job.attempts,
+            model=job.model,
+            rule=job.rule,
+            study_uid=job.study_uid,
+            series_uids=tuple(job.series_uids),
+            stack=dict(job.stack or {}),
+        )
+
+
+def job_input(engine: Engine, job: JobRecord, settings: Settings) -> JobInput:
     storage_root = settings.storage.root
     with engine.connect() as conn:
-        job = conn.execute(select(Job).where(Job.id == job_id)).one()
         rows = conn.execute(
             select(Series.series_uid, Instance.path)
             .join(Instance, Instance.series_id == Series.id)
@@ -73,19 +101,21 @@ def job_input(engine: Engine, job_id: str, settings: Settings) -> JobInput:
     missing = [uid for uid, paths in by_series.items() if not paths]
     if missing:
         raise Permanent(f"series {missing[0]} has no stored instances")
-    number = (job.stack or {}).get("number")
     series = tuple(
         SeriesInput(
-            uid, tuple(sorted(paths)), stack=number, stack_frames=(job.stack or {}).get("frames")
+            uid,
+            tuple(sorted(paths)),
+            stack=job.stack.get("number"),
+            stack_frames=job.stack.get("frames"),
         )
         for uid, paths in by_series.items()
     )
     rule = settings.rule(job.rule)
     if rule is None:
-        return JobInput(job_id, job.attempts, job.model, series)
+        return JobInput(job.id, job.attempt, job.model, series)
     return JobInput(
-        job_id,
-        job.attempts,
+        job.id,
+        job.attempt,
         job.model,
         series,
         confidence=rule.confidence_map,
@@ -133,14 +163,11 @@ def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
         log.info("job_not_claimed", job_id=job_id, worker=worker)
         return None
     log.info("job_started", job_id=job_id, worker=worker)
+    job = JobRecord.read(ctx.engine, job_id)
     with Heartbeat(ctx, job_id, worker):
         try:
-            summary = run(
-                job_input(ctx.engine, job_id, settings),
-                ctx.models,
-                settings.results_root,
-            )
-            summary["results"] = results(ctx, job_id, summary)
+            summary = run(job_input(ctx.engine, job, settings), ctx.models, settings.results_root)
+            summary = summary.with_results(results(ctx, job, summary))
         except ctx.time_limit_errors:
             message = f"exceeded the soft time limit of {settings.jobs.soft_time_limit_s:g} s"
             return _give_back(ctx, job_id, worker, message, permanent=True)
@@ -153,33 +180,31 @@ def execute(ctx: WorkerContext, job_id: str, worker: str) -> JobState | None:
             return _give_back(
                 ctx, job_id, worker, f"{type(exc).__name__}: {exc}"[:500], permanent=False
             )
-    return _results_ready(ctx, job_id, worker, summary)
+    return _results_ready(ctx, job, worker, summary)
 
 
-def source_paths(engine: Engine, job_id: str, storage_root: Path) -> dict[str, Path]:
+def source_paths(engine: Engine, job: JobRecord, storage_root: Path) -> dict[str, Path]:
     """SOP Instance UID -> stored file, for every instance of the job's series."""
     with engine.connect() as conn:
-        series = conn.execute(select(Job.series_uids).where(Job.id == job_id)).scalar_one()
         rows = conn.execute(
             select(Instance.sop_instance_uid, Instance.path)
             .join(Series, Series.id == Instance.series_id)
-            .where(Series.series_uid.in_(series))
+            .where(Series.series_uid.in_(job.series_uids))
         ).all()
     return {uid: storage_root / path for uid, path in rows}
 
 
-def previous_reports(engine: Engine, job_id: str) -> dict[str, list[Path]]:
+def previous_reports(engine: Engine, job: JobRecord) -> dict[str, list[Path]]:
     """Per profile, the SR files of the latest earlier results of the same rule and model on the
     same study: the documents the new SR replaces (``PredecessorDocumentsSequence``)."""
     with engine.connect() as conn:
-        job = conn.execute(select(Job.study_uid, Job.rule, Job.model).where(Job.id == job_id)).one()
         earlier = conn.execute(
             select(Job.result)
             .where(
                 Job.study_uid == job.study_uid,
                 Job.rule == job.rule,
                 Job.model == job.model,
-                Job.id != job_id,
+                Job.id != job.id,
                 Job.results_ready_at.is_not(None),
                 Job.state.in_(
                     [str(s) for s in (JobState.RESULTS_READY, JobState.EXPORTING, JobState.DONE)]
@@ -188,30 +213,32 @@ def previous_reports(engine: Engine, job_id: str) -> dict[str, list[Path]]:
             .order_by(Job.results_ready_at.desc())
             .limit(1)
         ).scalar()
-    objects = ((earlier or {}).get("results") or {}).get("objects") or {}
+    if not earlier:
+        return {}
+    before = JobSummary.from_json(earlier).results
     return {
-        profile: [Path(o["path"]) for o in items if o["kind"] == "sr" and Path(o["path"]).is_file()]
-        for profile, items in objects.items()
+        profile: [
+            Path(o.path) for o in objects if o.kind is ObjectKind.SR and Path(o.path).is_file()
+        ]
+        for profile, objects in (before.objects.items() if before else ())
     }
 
 
-def results(ctx: WorkerContext, job_id: str, summary: dict[str, Any]) -> dict[str, Any]:
+def results(ctx: WorkerContext, job: JobRecord, summary: JobSummary) -> BuiltResults:
     """Build and validate the SEG/SR/key images each of the job's destinations' profiles needs
     (the default profile when there is no destination: the objects are kept for a later send)."""
     settings = ctx.settings
-    with ctx.engine.connect() as conn:
-        rule = conn.execute(select(Job.rule).where(Job.id == job_id)).scalar_one()
     profiles = settings.all_profiles
-    names = {d.profile for d in settings.destinations_for(rule)} or {"default"}
-    model = ctx.models.get(summary["model"])
+    names = {d.profile for d in settings.destinations_for(job.rule)} or {"default"}
+    model = ctx.models.get(summary.model)
     return build_results(
         summary,
         model.manifest,
         {name: profiles[name] for name in sorted(names)},
-        source_paths(ctx.engine, job_id, settings.storage.root),
+        source_paths(ctx.engine, job, settings.storage.root),
         at=utcnow(),
-        previous=previous_reports(ctx.engine, job_id),
-        confidence=bool(summary.get("confidence_map")),
+        previous=previous_reports(ctx.engine, job),
+        confidence=summary.confidence_map,
     )
 
 
@@ -224,50 +251,25 @@ def _give_back(
 
 
 def _results_ready(
-    ctx: WorkerContext, job_id: str, worker: str, summary: dict[str, Any]
+    ctx: WorkerContext, job: JobRecord, worker: str, summary: JobSummary
 ) -> JobState | None:
-    now = utcnow()
-    with ctx.engine.begin() as conn:
-        moved = transition_job(
-            conn,
-            job_id,
-            JobState.RUNNING,
-            JobState.RESULTS_READY,
-            at=now,
-            reason=f"inference done by {worker}",
-            values={"result": summary, "lease_expires_at": None, "error": None},
-            worker=worker,
-        )
-        if moved:
-            study_uid, rule = conn.execute(
-                select(Job.study_uid, Job.rule).where(Job.id == job_id)
-            ).one()
-            exports = create_exports(
-                conn,
-                job_id=job_id,
-                study_uid=study_uid,
-                destinations=ctx.settings.destinations_for(rule),
-                objects=summary["results"]["objects"],
-                at=now,
-            )
-            if not exports:
-                transition_job(
-                    conn,
-                    job_id,
-                    JobState.RESULTS_READY,
-                    JobState.DONE,
-                    at=now,
-                    reason="no destination configured: results kept on the node",
-                )
+    moved = results_ready(
+        ctx.engine,
+        job.id,
+        worker,
+        summary,
+        study_uid=job.study_uid,
+        destinations=ctx.settings.destinations_for(job.rule),
+        make_exports=create_exports,
+    )
     if not moved:
-        log.warning("job_lost_before_results", job_id=job_id, worker=worker)
+        log.warning("job_lost_before_results", job_id=job.id, worker=worker)
         return None
-    timings = [s["timings_s"] for s in summary["series"]]
     log.info(
         "job_results_ready",
-        job_id=job_id,
-        model=summary["model"],
-        device=summary["device"],
-        forward_s=round(sum(t["forward"] for t in timings), 3),
+        job_id=job.id,
+        model=summary.model,
+        device=summary.device,
+        forward_s=round(sum(s.timings_s["forward"] for s in summary.series), 3),
     )
     return JobState.RESULTS_READY

@@ -31,6 +31,7 @@ from dicom_node.db.models import (
 from dicom_node.domain import JobState, phi_hash
 from dicom_node.jobs.facts import study_stack_facts
 from dicom_node.jobs.rules import evaluate
+from dicom_node.results import JobSummary
 from dicom_node.settings import Settings
 
 
@@ -379,19 +380,18 @@ def _event(e: Any) -> dict[str, Any]:
 
 
 def _measurements(result: dict[str, Any] | None) -> list[dict[str, Any]]:
-    rows = []
-    for series in (result or {}).get("series", []):
-        for label in series.get("labels", []):
-            rows.append(
-                {
-                    "series_uid": series.get("series_uid"),
-                    "label": label.get("name"),
-                    "voxels": label.get("voxels"),
-                    "volume_ml": label.get("volume_ml"),
-                    "mean": label.get("mean"),
-                }
-            )
-    return rows
+    summary = JobSummary.from_json(result) if result else None
+    return [
+        {
+            "series_uid": series.series_uid,
+            "label": label.name,
+            "voxels": label.voxels,
+            "volume_ml": label.volume_ml,
+            "mean": label.mean,
+        }
+        for series in (summary.series if summary else ())
+        for label in series.labels
+    ]
 
 
 # --- dashboard -----------------------------------------------------------------------------
@@ -681,11 +681,11 @@ def model_stats(engine: Engine, days: int = 30) -> dict[str, dict[str, Any]]:
             )
             day["runs"] += 1
             labels = [
-                lab for series in result.get("series", []) for lab in series.get("labels", [])
+                lab for series in JobSummary.from_json(result).series for lab in series.labels
             ]
-            day["positive"] += any((lab.get("voxels") or 0) > 0 for lab in labels)
+            day["positive"] += any(lab.voxels > 0 for lab in labels)
             for lab in labels:
-                day["volumes"][lab["name"]].append(lab.get("volume_ml") or 0.0)
+                day["volumes"][lab.name].append(lab.volume_ml)
     out = {}
     for model, s in stats.items():
         finished = s["done"] + s["failed"]

@@ -29,6 +29,7 @@ from dicom_node.domain import (
 )
 from dicom_node.export.scu import Outcome
 from dicom_node.jobs.service import transition_job
+from dicom_node.results import ResultObject
 from dicom_node.settings import DestinationSettings
 
 KIND_ORDER = {"seg": 0, "pm": 1, "sr": 2, "sc": 3}  # an SR after the SEG it references
@@ -53,10 +54,11 @@ def create_exports(
     job_id: str,
     study_uid: str,
     destinations: Sequence[DestinationSettings],
-    objects: Mapping[str, Sequence[Mapping[str, str]]],
+    objects: Mapping[str, Sequence[ResultObject]],
     at: datetime,
 ) -> list[str]:
-    """PENDING rows for each destination x each object of its profile."""
+    """PENDING rows for each destination x each object of its profile (in the caller's
+    transaction: ``jobs.service.results_ready``)."""
     made = []
     for dest in destinations:
         for obj in objects.get(dest.profile, ()):
@@ -66,10 +68,10 @@ def create_exports(
                 "job_id": job_id,
                 "study_uid": study_uid,
                 "destination": dest.name,
-                "kind": obj["kind"],
-                "sop_class_uid": obj["sop_class_uid"],
-                "sop_instance_uid": obj["sop_instance_uid"],
-                "path": obj["path"],
+                "kind": str(obj.kind),
+                "sop_class_uid": obj.sop_class_uid,
+                "sop_instance_uid": obj.sop_instance_uid,
+                "path": obj.path,
                 "state": str(ExportState.PENDING),
                 "attempts": 0,
                 "max_attempts": dest.max_attempts,
@@ -87,8 +89,8 @@ def create_exports(
                     reason="results ready",
                     details={
                         "destination": dest.name,
-                        "kind": obj["kind"],
-                        "sop_instance_uid": obj["sop_instance_uid"],
+                        "kind": str(obj.kind),
+                        "sop_instance_uid": obj.sop_instance_uid,
                         "job_id": job_id,
                     },
                 )

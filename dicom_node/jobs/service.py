@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, or_, select, update
 
@@ -23,7 +23,8 @@ from dicom_node.db.session import insert_ignore
 from dicom_node.domain import JOB_TRANSITIONS, JobState, check_transition
 from dicom_node.jobs.facts import study_stack_facts
 from dicom_node.jobs.rules import RuleOutcome, SeriesFacts, evaluate
-from dicom_node.settings import JobSettings, RuleSettings
+from dicom_node.results import JobSummary, ResultObject
+from dicom_node.settings import DestinationSettings, JobSettings, RuleSettings
 
 PRIORITY = {"stat": 0, "routine": 1}
 _AUDIT = {
@@ -374,3 +375,66 @@ def next_queued(engine: Engine) -> list[str]:
                 .limit(16)
             ).scalars()
         )
+
+
+class ExportMaker(Protocol):
+    """Makes the outbox rows of a job's objects in the caller's transaction: the outbox's
+    ``create_exports``, given by the worker (jobs sits below export and never imports it)."""
+
+    def __call__(
+        self,
+        conn: Connection,
+        *,
+        job_id: str,
+        study_uid: str,
+        destinations: Sequence[DestinationSettings],
+        objects: Mapping[str, Sequence[ResultObject]],
+        at: datetime,
+    ) -> list[str]: ...
+
+
+def results_ready(
+    engine: Engine,
+    job_id: str,
+    worker: str,
+    summary: JobSummary,
+    *,
+    study_uid: str,
+    destinations: Sequence[DestinationSettings],
+    make_exports: ExportMaker,
+) -> bool:
+    """RUNNING -> RESULTS_READY with ``summary`` stored, and its outbox rows made, in one
+    transaction; on to DONE at once when no destination takes the objects (they stay on the
+    node for a later send). ``False`` when ``worker`` no longer held the job."""
+    now = utcnow()
+    with engine.begin() as conn:
+        moved = transition_job(
+            conn,
+            job_id,
+            JobState.RUNNING,
+            JobState.RESULTS_READY,
+            at=now,
+            reason=f"inference done by {worker}",
+            values={"result": summary.to_json(), "lease_expires_at": None, "error": None},
+            worker=worker,
+        )
+        if not moved:
+            return False
+        made = make_exports(
+            conn,
+            job_id=job_id,
+            study_uid=study_uid,
+            destinations=destinations,
+            objects=summary.results.objects if summary.results else {},
+            at=now,
+        )
+        if not made:
+            transition_job(
+                conn,
+                job_id,
+                JobState.RESULTS_READY,
+                JobState.DONE,
+                at=now,
+                reason="no destination configured: results kept on the node",
+            )
+    return True

@@ -37,7 +37,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node import statuses
-from dicom_node.logs import get_logger
+from dicom_node.logs import DeliberateCloseError, get_logger
 from dicom_node.loops import Loop
 
 log = get_logger(__name__)
@@ -52,7 +52,7 @@ READ_CHUNK = 256 * 1024
 A_ABORT_INVALID_PARAMETER = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
 
 
-class PduLimitError(OSError):
+class PduLimitError(DeliberateCloseError):
     """The peer broke a receive bound; the socket is closed (pynetdicom's Evt17)."""
 
 

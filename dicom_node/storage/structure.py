@@ -86,29 +86,47 @@ class _Walk:
             if tag >> 16 == 0xFFFE:
                 raise StructureError(f"unexpected delimiter {_tag(tag)} at byte {pos - 8}")
             if length == UNDEFINED:
-                if tag == PIXEL_DATA:
-                    pos = self.fragments(pos, end)
-                    continue
-                if vr not in (None, b"SQ", b"UN"):
-                    raise StructureError(f"{_tag(tag)} {vr!r} of undefined length")
-                # an undefined-length UN is a sequence in Implicit VR Little Endian (PS3.5 6.2.2)
-                pos = self.sequence(
-                    tag, pos, end, depth + 1, undefined=True, implicit=implicit or vr == b"UN"
-                )
-                continue
-            if pos + length > end:
-                raise StructureError(f"{_tag(tag)} declares {length} bytes, {end - pos} left")
-            size = VALUE_SIZES.get(vr or _dictionary_vr(tag).encode(), 1)
-            if length % size:
-                raise StructureError(
-                    f"{_tag(tag)} {vr!r}: {length} bytes, not a multiple of {size}"
-                )
-            if vr == b"SQ" or (vr is None and self._dictionary_sq(tag)):
-                self.sequence(tag, pos, pos + length, depth + 1, undefined=False, implicit=implicit)
-            pos += length
+                pos = self.undefined_length(tag, vr, pos, end, depth, implicit=implicit)
+            else:
+                pos = self.defined_length(tag, vr, length, pos, end, depth=depth, implicit=implicit)
         if in_item:
             raise StructureError("item without its delimiter")
         return pos
+
+    def undefined_length(
+        self, tag: int, vr: bytes | None, pos: int, end: int, depth: int, *, implicit: bool
+    ) -> int:
+        """Encapsulated Pixel Data, or a sequence (SQ, or UN: PS3.5 6.2.2); where it ends."""
+        if tag == PIXEL_DATA:
+            return self.fragments(pos, end)
+        if vr not in (None, b"SQ", b"UN"):
+            raise StructureError(f"{_tag(tag)} {vr!r} of undefined length")
+        # an undefined-length UN is a sequence in Implicit VR Little Endian (PS3.5 6.2.2)
+        return self.sequence(
+            tag, pos, end, depth + 1, undefined=True, implicit=implicit or vr == b"UN"
+        )
+
+    def defined_length(
+        self,
+        tag: int,
+        vr: bytes | None,
+        length: int,
+        pos: int,
+        end: int,
+        *,
+        depth: int,
+        implicit: bool,
+    ) -> int:
+        """A value of ``length`` bytes: within what arrived, a whole number of values, and
+        walked when it is a sequence; where it ends."""
+        if pos + length > end:
+            raise StructureError(f"{_tag(tag)} declares {length} bytes, {end - pos} left")
+        size = VALUE_SIZES.get(vr or _dictionary_vr(tag).encode(), 1)
+        if length % size:
+            raise StructureError(f"{_tag(tag)} {vr!r}: {length} bytes, not a multiple of {size}")
+        if vr == b"SQ" or (vr is None and self._dictionary_sq(tag)):
+            self.sequence(tag, pos, pos + length, depth + 1, undefined=False, implicit=implicit)
+        return pos + length
 
     @staticmethod
     def _dictionary_sq(tag: int) -> bool:

@@ -7,6 +7,7 @@ data in that bucket: a gap in a line, nothing in a bar). Text is escaped by Jinj
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 
@@ -33,6 +34,20 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:g}{' ' + unit if unit else ''}"
 
 
+@dataclass(frozen=True)
+class _Axes:
+    top: float  # the value at the top of the plot
+    x_step: float  # one bucket's width
+    labels: list[str]
+
+    @property
+    def plot_h(self) -> float:
+        return HEIGHT - TOP - BOTTOM
+
+    def y(self, value: float) -> float:
+        return TOP + self.plot_h - value / self.top * self.plot_h
+
+
 def chart(
     title: str,
     buckets: Sequence[str],
@@ -43,72 +58,90 @@ def chart(
 ) -> Markup:
     """One SVG chart: stacked-free bars (one series) or lines (several)."""
     n = max(1, len(buckets))
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     top = _nice_max(max([v for vals in series.values() for v in vals if v is not None] or [0]))
-    x_step = plot_w / n
-
-    def y(value: float) -> float:
-        return TOP + plot_h - value / top * plot_h
-
+    axes = _Axes(top, (WIDTH - LEFT - RIGHT) / n, [_label(b) for b in buckets])
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
+        *_grid(axes, unit),
     ]
-    for frac in (0, 0.5, 1):
-        gy = y(top * frac)
-        parts.append(
-            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" class="grid"/>'
-            f'<text x="{LEFT - 6}" y="{gy + 4:.1f}" class="axis" text-anchor="end">'
-            f"{escape(_fmt(top * frac, unit))}</text>"
-        )
-    labels = [_label(b) for b in buckets]
-    every = max(1, n // 6)
-    for i, label in enumerate(labels):
-        if i % every == 0:
-            parts.append(
-                f'<text x="{LEFT + (i + 0.5) * x_step:.1f}" y="{HEIGHT - 8}" class="axis" '
-                f'text-anchor="middle">{escape(label)}</text>'
-            )
     for k, (name, values) in enumerate(series.items()):
         colour = COLOURS[k % len(COLOURS)]
         if kind == "bar":
-            width = max(1.0, x_step * 0.8 / len(series))
-            for i, v in enumerate(values):
-                if v:
-                    x = LEFT + i * x_step + x_step * 0.1 + k * width
-                    parts.append(
-                        f'<rect x="{x:.1f}" y="{y(v):.1f}" width="{width:.1f}" '
-                        f'height="{TOP + plot_h - y(v):.1f}" fill="{colour}">'
-                        f"<title>{escape(name)} {escape(labels[i])}: {v:g}</title></rect>"
-                    )
+            parts += _bars(axes, name, values, colour, k=k, count=len(series))
         else:
-            points: list[str] = []
-            for i, v in enumerate(values):
-                x = LEFT + (i + 0.5) * x_step
-                if v is None:
-                    parts.append(_polyline(points, colour))
-                    points = []
-                    continue
-                points.append(f"{x:.1f},{y(v):.1f}")
-                # the first series filled, the others as rings: equal values stay visible
-                fill = colour if k == 0 else "none"
-                parts.append(
-                    f'<circle cx="{x:.1f}" cy="{y(v):.1f}" r="{2.5 + 1.5 * k}" fill="{fill}" '
-                    f'stroke="{colour}" stroke-width="1.5">'
-                    f"<title>{escape(name)} {escape(labels[i])}: {_fmt(v, unit)}</title></circle>"
-                )
-            parts.append(_polyline(points, colour))
+            parts += _line(axes, name, values, colour, k=k, unit=unit)
     parts.append("</svg>")
     legend = "".join(
         f'<span class="key"><i style="background:{COLOURS[k % len(COLOURS)]}"></i>'
         f"{escape(name)}</span>"
         for k, name in enumerate(series)
     )
-    return Markup(  # noqa: S704 - every text in it went through html.escape above
+    return Markup(  # noqa: S704 - every text in it went through html.escape
         f'<figure class="plot"><figcaption>{escape(title)}'
         f'<span class="legend">{legend}</span></figcaption>{"".join(parts)}</figure>'
     )
+
+
+def _grid(axes: _Axes, unit: str) -> list[str]:
+    """Three value lines (0, half, top) and at most about six bucket labels."""
+    parts = []
+    for frac in (0, 0.5, 1):
+        gy = axes.y(axes.top * frac)
+        parts.append(
+            f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{gy:.1f}" y2="{gy:.1f}" class="grid"/>'
+            f'<text x="{LEFT - 6}" y="{gy + 4:.1f}" class="axis" text-anchor="end">'
+            f"{escape(_fmt(axes.top * frac, unit))}</text>"
+        )
+    every = max(1, len(axes.labels) // 6)
+    for i, label in enumerate(axes.labels):
+        if i % every == 0:
+            parts.append(
+                f'<text x="{LEFT + (i + 0.5) * axes.x_step:.1f}" y="{HEIGHT - 8}" class="axis" '
+                f'text-anchor="middle">{escape(label)}</text>'
+            )
+    return parts
+
+
+def _bars(
+    axes: _Axes, name: str, values: Sequence[float | None], colour: str, *, k: int, count: int
+) -> list[str]:
+    width = max(1.0, axes.x_step * 0.8 / count)
+    parts = []
+    for i, v in enumerate(values):
+        if v:
+            x = LEFT + i * axes.x_step + axes.x_step * 0.1 + k * width
+            parts.append(
+                f'<rect x="{x:.1f}" y="{axes.y(v):.1f}" width="{width:.1f}" '
+                f'height="{TOP + axes.plot_h - axes.y(v):.1f}" fill="{colour}">'
+                f"<title>{escape(name)} {escape(axes.labels[i])}: {v:g}</title></rect>"
+            )
+    return parts
+
+
+def _line(
+    axes: _Axes, name: str, values: Sequence[float | None], colour: str, *, k: int, unit: str
+) -> list[str]:
+    """A line broken where a value is missing, with a marker per value."""
+    parts: list[str] = []
+    points: list[str] = []
+    for i, v in enumerate(values):
+        x = LEFT + (i + 0.5) * axes.x_step
+        if v is None:
+            parts.append(_polyline(points, colour))
+            points = []
+            continue
+        points.append(f"{x:.1f},{axes.y(v):.1f}")
+        # the first series filled, the others as rings: equal values stay visible
+        fill = colour if k == 0 else "none"
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{axes.y(v):.1f}" r="{2.5 + 1.5 * k}" fill="{fill}" '
+            f'stroke="{colour}" stroke-width="1.5">'
+            f"<title>{escape(name)} {escape(axes.labels[i])}: {_fmt(v, unit)}</title></circle>"
+        )
+    parts.append(_polyline(points, colour))
+    return parts
 
 
 def _polyline(points: list[str], colour: str) -> str:

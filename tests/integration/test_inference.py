@@ -33,7 +33,7 @@ def test_each_model_form_gives_the_exact_mask_on_every_source_frame(
     files = ct_files(testdata)
     name = kind.replace("_", "-")
     build_model(tmp_path / "models", name, kind, threshold_hu=THRESHOLD_HU)
-    summary = run_model(tmp_path / "models", name, files, tmp_path / "results")
+    summary = run_model(tmp_path / "models", name, files, tmp_path / "results").to_json()
 
     [series] = summary["series"]
     assert series["tilt_deg"] == pytest.approx(18.5, abs=0.1)
@@ -88,7 +88,9 @@ def test_resampled_grid_and_sliding_window_map_back_onto_the_source_frames(
         if roi:
             extra += f"\n[inference]\nroi_size = {list(roi)}\noverlap = 0.25"
         build_model(tmp_path / "models", name, "torchscript", extra=extra)
-        summary = run_model(tmp_path / "models", name, files, tmp_path / "results", job=name)
+        summary = run_model(
+            tmp_path / "models", name, files, tmp_path / "results", job=name
+        ).to_json()
         [series] = summary["series"]
         assert series["model_shape"] != series["source_shape"]
         saved = np.load(Path(summary["path"]) / series["mask"])

@@ -319,7 +319,8 @@ def test_processed_pattern_lands_on_its_source_frames(
     pattern = PROCESSED[name]
     paths = written(pattern.build, testdata, tmp_path / "in")
     model = "mr" if pattern.bands == MR_BANDS else "ct"
-    summary = run_model(models_root, model, paths, tmp_path / "results", **pattern.rule)
+    job = run_model(models_root, model, paths, tmp_path / "results", **pattern.rule)
+    summary = job.to_json()  # as stored on the job row
     [series] = summary["series"]
     assert len(series["stacks"]) == pattern.stacks, series["stacks"]
     [chosen] = [s for s in series["stacks"] if s["chosen"]]
@@ -332,12 +333,12 @@ def test_processed_pattern_lands_on_its_source_frames(
     sources = {str(ds.SOPInstanceUID): ds for ds in (dcmread(p) for p in paths)}
     manifest = ModelCache(models_root, "cpu").get(model).manifest
     out = build_results(
-        summary,
+        job,
         manifest,
         {"default": ProfileSettings()},
         dict(zip(sources, paths, strict=True)),
         at=datetime.now(UTC),
-    )
+    ).to_json()
     [seg_obj, sr_obj] = out["objects"]["default"]
     assert len(out["source_repairs"]) == pattern.repairs, out["source_repairs"]
     for obj in (seg_obj, sr_obj):

@@ -18,6 +18,7 @@ from dicom_node.db.models import Export, Job, Study, utcnow
 from dicom_node.export.exporter import DestinationSender
 from dicom_node.export.outbox import create_exports
 from dicom_node.node import prepare
+from dicom_node.results import ObjectKind, ResultObject
 from tests.helpers import free_port, node_settings
 
 
@@ -63,12 +64,13 @@ def test_a_hanging_destination_uses_the_attempt_of_the_object_in_flight_only(
     for kind, path in zip(("seg", "pm", "sr"), files, strict=True):
         ds = dcmread(path, stop_before_pixels=True)
         objects.append(
-            {
-                "kind": kind,
-                "sop_class_uid": str(ds.SOPClassUID),
-                "sop_instance_uid": str(ds.SOPInstanceUID),
-                "path": str(path),
-            }
+            ResultObject(
+                kind=ObjectKind(kind),
+                path=str(path),
+                sop_class_uid=str(ds.SOPClassUID),
+                sop_instance_uid=str(ds.SOPInstanceUID),
+                series_uid=str(ds.SeriesInstanceUID),
+            )
         )
     now = utcnow()
     with engine.begin() as conn:  # the rows a completed study and its finished job leave

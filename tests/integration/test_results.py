@@ -86,19 +86,20 @@ class Case:
                 'outputs = ["seg", "measurements"]', 'outputs = ["seg", "measurements", "findings"]'
             )
         )
-        self.summary = run_model(tmp / "models", "bands", files, tmp / "results")
+        self.job = run_model(tmp / "models", "bands", files, tmp / "results")
+        self.summary = self.job.to_json()  # as stored on the job row
         self.manifest = ModelCache(tmp / "models", "cpu").get("bands").manifest
         self.paths = {
             str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in self.files
         }
         self.results = build_results(
-            self.summary,
+            self.job,
             self.manifest,
             build.pop("profiles", PROFILES),
             self.paths,
             at=datetime.now(UTC),
             **build,
-        )
+        ).to_json()
         [self.series] = self.summary["series"]
         self.mask = load_mask(Path(self.summary["path"]) / self.series["mask"])
 
@@ -231,7 +232,9 @@ def test_sr_groups_reference_the_seg_segments_and_carry_the_measurements(case: C
 
 
 def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:
-    again = build_results(case.summary, case.manifest, PROFILES, case.paths, at=datetime.now(UTC))
+    again = build_results(
+        case.job, case.manifest, PROFILES, case.paths, at=datetime.now(UTC)
+    ).to_json()
     uids = lambda r: [o["sop_instance_uid"] for p in PROFILES for o in r["objects"][p]]  # noqa: E731
     assert uids(again) == uids(case.results)
     [a], [b] = case.objects("default", "seg"), case.objects("modern", "seg")
@@ -266,13 +269,13 @@ def tilted(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
 def test_new_results_name_the_reports_they_replace(tilted: Case) -> None:
     [first] = tilted.objects("default", "sr")
     again = build_results(
-        tilted.summary,
+        tilted.job,
         tilted.manifest,
         {"default": ProfileSettings(sr_class="comprehensive3d")},
         tilted.paths,
         at=datetime.now(UTC),
         previous={"default": [Path(first["path"])]},
-    )
+    ).to_json()
     [sr_obj] = [o for o in again["objects"]["default"] if o["kind"] == "sr"]
     sr = dcmread(sr_obj["path"])
     [study] = sr.PredecessorDocumentsSequence
@@ -291,7 +294,7 @@ def test_a_source_instance_gone_from_storage_is_a_clear_job_error(tilted: Case) 
     gone = next(iter(paths))
     del paths[gone]
     with pytest.raises(ResultError, match=f"source instance {gone} is no longer stored"):
-        build_results(tilted.summary, tilted.manifest, PROFILES, paths, at=datetime.now(UTC))
+        build_results(tilted.job, tilted.manifest, PROFILES, paths, at=datetime.now(UTC))
 
 
 def test_fractional_seg_keeps_the_probabilities(testdata: Path, tmp_path: Path) -> None:
@@ -303,12 +306,13 @@ def test_fractional_seg_keeps_the_probabilities(testdata: Path, tmp_path: Path) 
         threshold_hu=300.5,
         extra='[inference]\nseg_type = "fractional"',
     )
-    summary = run_model(tmp_path / "models", "frac", files, tmp_path / "results")
+    job = run_model(tmp_path / "models", "frac", files, tmp_path / "results")
+    summary = job.to_json()
     manifest = ModelCache(tmp_path / "models", "cpu").get("frac").manifest
     paths = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
     out = build_results(
-        summary, manifest, {"default": ProfileSettings()}, paths, at=datetime.now(UTC)
-    )
+        job, manifest, {"default": ProfileSettings()}, paths, at=datetime.now(UTC)
+    ).to_json()
     [seg_obj, sr_obj] = out["objects"]["default"]
     for obj in (seg_obj, sr_obj):
         assert dciodvfy_errors(Path(obj["path"])) == []

@@ -25,6 +25,7 @@ from monai.inferers import sliding_window_inference
 
 from dicom_node.errors import Transient
 from dicom_node.jobs.stacks import GAP_TOLERANCE
+from dicom_node.results import JobSummary, LabelMeasure, SeriesSummary
 from workers.inference.grid import (
     ModelGrid,
     SourceMaps,
@@ -132,7 +133,7 @@ def measure(
     labels: np.ndarray,
     manifest: Manifest,
     max_probability: dict[int, float] | None = None,
-) -> list[dict[str, Any]]:
+) -> tuple[LabelMeasure, ...]:
     """Per label: voxels, volume (mL), mean and SD of the source intensity (HU for CT), and the
     highest probability the model gave the label anywhere (for findings).
 
@@ -147,23 +148,24 @@ def measure(
         inside = labels == label.value
         counts = inside.reshape(len(inside), -1).sum(axis=1)
         voxels = int(counts.sum())
-        entry: dict[str, Any] = {
-            "value": label.value,
-            "name": label.name,
-            "voxels": voxels,
-            "volume_ml": float((counts * extents).sum()) * area / 1000.0,
-            "mean": None,
-            "std": None,
-            "max_probability": (max_probability or {}).get(label.value),
-        }
+        mean = std = None
         if voxels:
             weights = np.broadcast_to(extents[:, None, None], inside.shape)[inside]
             values = volume.array[inside].astype(np.float64)
             mean = float(np.average(values, weights=weights))
-            entry["mean"] = mean
-            entry["std"] = float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))
-        out.append(entry)
-    return out
+            std = float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))
+        out.append(
+            LabelMeasure(
+                value=label.value,
+                name=label.name,
+                voxels=voxels,
+                volume_ml=float((counts * extents).sum()) * area / 1000.0,
+                mean=mean,
+                std=std,
+                max_probability=(max_probability or {}).get(label.value),
+            )
+        )
+    return tuple(out)
 
 
 def _fsync_write(path: Path, write: Callable[[Any], None]) -> None:
@@ -243,7 +245,7 @@ def predict(
 
 def run_series(
     model: LoadedModel, series: SeriesInput, out_dir: Path, job: JobInput
-) -> dict[str, Any]:
+) -> SeriesSummary:
     manifest = model.manifest
     found = predict(
         model,
@@ -269,25 +271,25 @@ def run_series(
     if sure is not None:
         arrays["confidence"] = sure
     _fsync_write(mask, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
-    return {
-        "series_uid": series.series_uid,
-        "mask": mask.name,
-        "frames": len(volume.frames),
-        "source_shape": list(grid.source_shape),
-        "model_shape": list(grid.shape),
-        "source_spacing_mm": list(source_spacing(volume)),
-        "model_spacing_mm": list(grid.spacing_mm),
-        "tilt_deg": volume.tilt_deg,
-        "uniform": volume.uniform,
-        "spacing": volume.spacing,
-        "stacks": list(volume.stacks),
-        "notes": list(volume.notes),
-        "labels": measure(volume, labels, manifest, found.max_probability),
-        "timings_s": found.timings_s,
-    }
+    return SeriesSummary(
+        series_uid=series.series_uid,
+        mask=mask.name,
+        frames=len(volume.frames),
+        labels=measure(volume, labels, manifest, found.max_probability),
+        timings_s=found.timings_s,
+        source_shape=tuple(grid.source_shape),
+        model_shape=tuple(grid.shape),
+        source_spacing_mm=tuple(source_spacing(volume)),
+        model_spacing_mm=tuple(grid.spacing_mm),
+        tilt_deg=volume.tilt_deg,
+        uniform=volume.uniform,
+        spacing=volume.spacing,
+        stacks=tuple(volume.stacks),
+        notes=tuple(volume.notes),
+    )
 
 
-def run(job: JobInput, cache: ModelCache, results_root: Path) -> dict[str, Any]:
+def run(job: JobInput, cache: ModelCache, results_root: Path) -> JobSummary:
     """Run the job's model on each chosen series; returns the summary stored on the job row."""
     model = cache.get(job.model)
     job_dir = results_root / job.job_id
@@ -296,17 +298,18 @@ def run(job: JobInput, cache: ModelCache, results_root: Path) -> dict[str, Any]:
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     series = [run_series(model, s, temp, job) for s in job.series]
-    summary = {
-        "model": model.manifest.name,
-        "version": model.manifest.version,
-        "weights_sha256": model.sha256,
-        "device": str(model.device),
-        "attempt": job.attempt,
-        "path": str(final),
-        "confidence_map": job.confidence,
-        "series": series,
-    }
-    _fsync_write(temp / "summary.json", lambda f: f.write(json.dumps(summary, indent=1).encode()))
+    summary = JobSummary(
+        model=model.manifest.name,
+        version=model.manifest.version,
+        weights_sha256=model.sha256,
+        device=str(model.device),
+        attempt=job.attempt,
+        path=str(final),
+        series=tuple(series),
+        confidence_map=job.confidence,
+    )
+    text = json.dumps(summary.to_json(), indent=1)
+    _fsync_write(temp / "summary.json", lambda f: f.write(text.encode()))
     shutil.rmtree(final, ignore_errors=True)
     temp.rename(final)
     return summary

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.results import BuiltResults, JobSummary, ObjectKind, ResultObject, SeriesSummary
 from dicom_node.settings import ProfileSettings
 from workers.inference.decode import read_instance
 from workers.inference.manifest import Manifest
@@ -114,47 +116,191 @@ def validate(
         raise ResultError(f"{kind} {back.SOPInstanceUID} references unknown instance {unknown[0]}")
 
 
-def _entry(kind: str, path: Path, ds: Dataset, series_uid: str) -> dict[str, str]:
-    return {
-        "kind": kind,
-        "path": str(path),
-        "sop_class_uid": str(ds.SOPClassUID),
-        "sop_instance_uid": str(ds.SOPInstanceUID),
-        "series_uid": series_uid,
-    }
-
-
-def _key_images(
-    sources: Mapping[str, Dataset],
-    source_paths: Mapping[str, Path],
-    mask: Mask,
-    manifest: Manifest,
-    *,
-    folder: Path,
-    series_uid: str,
-    count: int,
-    weights_sha256: str,
-    at: datetime,
-) -> list[dict[str, str]]:
-    images = build_key_images(
-        dict(sources),
-        dict(source_paths),
-        mask,
-        manifest,
-        count=count,
-        weights_sha256=weights_sha256,
-        at=at,
+def _entry(kind: ObjectKind, path: Path, ds: Dataset, series_uid: str) -> ResultObject:
+    return ResultObject(
+        kind=kind,
+        path=str(path),
+        sop_class_uid=str(ds.SOPClassUID),
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        series_uid=series_uid,
     )
-    entries = []
-    for sc in images:
-        path = write_object(sc, folder, "sc")
-        validate(path, "sc", set(source_paths))
-        entries.append(_entry("sc", path, sc, series_uid))
-    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """What makes two objects of one series different objects: a SEG with and without its empty
+    frames, an SR of each SOP Class, key images by count. Profiles wanting the same variant
+    share the one object."""
+
+    kind: ObjectKind
+    series_uid: str
+    omit_empty_frames: bool = False
+    sr_class: str = ""
+    count: int = 0
+
+
+@dataclass
+class _Series:
+    """One series' inputs for the builders."""
+
+    summary: SeriesSummary
+    mask: Mask
+    sources: dict[str, Dataset]  # SOP Instance UID -> source, in frame order
+
+    @property
+    def ordered(self) -> list[Dataset]:
+        return list(self.sources.values())
+
+
+class _Builder:
+    """Builds, writes and validates each variant once, keeping its dataset and timings."""
+
+    def __init__(
+        self,
+        summary: JobSummary,
+        manifest: Manifest,
+        source_paths: Mapping[str, Path],
+        *,
+        at: datetime,
+        workers: int,
+    ) -> None:
+        self.manifest, self.source_paths, self.at, self.workers = (
+            manifest,
+            source_paths,
+            at,
+            workers,
+        )
+        self.job_dir = Path(summary.path)
+        self.folder = self.job_dir / OBJECTS
+        self.weights = summary.weights_sha256
+        self.built: dict[Variant, tuple[Dataset, ResultObject]] = {}
+        self.key_images: dict[Variant, list[ResultObject]] = {}
+        self.timings = {"seg": 0.0, "pm": 0.0, "sr": 0.0, "sc": 0.0, "validate": 0.0}
+        self.notes: dict[str, None] = {}  # source attributes repaired before copying, in order
+
+    def series(self, summary: SeriesSummary) -> _Series:
+        mask = load_mask(self.job_dir / summary.mask)
+        missing = [u for u in mask.sop_instance_uids if u not in self.source_paths]
+        if missing:
+            raise ResultError(f"source instance {missing[0]} is no longer stored")
+        uids = list(dict.fromkeys(mask.sop_instance_uids))
+        sources = {u: read_instance(self.source_paths[u]) for u in uids}
+        for ds in sources.values():
+            self.notes.update(dict.fromkeys(repair(ds)))
+        return _Series(summary, mask, sources)
+
+    def once(self, variant: Variant, make: Callable[[], Dataset], **check: Any) -> ResultObject:
+        if variant not in self.built:
+            t0 = time.perf_counter()
+            ds = make()
+            t1 = time.perf_counter()
+            path = write_object(ds, self.folder, variant.kind)
+            validate(path, variant.kind, set(self.source_paths), **check)
+            self.timings[variant.kind] += t1 - t0
+            self.timings["validate"] += time.perf_counter() - t1
+            self.built[variant] = (ds, _entry(variant.kind, path, ds, variant.series_uid))
+        return self.built[variant][1]
+
+    def seg(self, s: _Series, omit_empty_frames: bool) -> Variant:
+        variant = Variant(ObjectKind.SEG, s.summary.series_uid, omit_empty_frames)
+        self.once(
+            variant,
+            partial(
+                build_seg,
+                s.ordered,
+                s.mask,
+                self.manifest,
+                weights_sha256=self.weights,
+                at=self.at,
+                omit_empty_frames=omit_empty_frames,
+                workers=self.workers,
+            ),
+        )
+        return variant
+
+    def confidence_map(self, s: _Series) -> ResultObject:
+        return self.once(
+            Variant(ObjectKind.PM, s.summary.series_uid),
+            partial(
+                build_confidence_map,
+                s.ordered,
+                s.mask,
+                self.manifest,
+                weights_sha256=self.weights,
+                at=self.at,
+            ),
+        )
+
+    def sr(self, s: _Series, seg: Variant, sr_class: str, previous: Sequence[Path]) -> ResultObject:
+        seg_ds = self.built[seg][0]
+        mask = s.mask
+        areas = (mask.labels > 0).reshape(len(mask.labels), -1).sum(axis=1)
+        key_image = s.sources[mask.sop_instance_uids[int(np.argmax(areas))]]
+        before = [dcmread(p) for p in previous]
+        return self.once(
+            Variant(ObjectKind.SR, s.summary.series_uid, seg.omit_empty_frames, sr_class),
+            partial(
+                build_sr,
+                seg_ds,
+                key_image,
+                s.summary.labels,
+                self.manifest,
+                weights_sha256=self.weights,
+                at=self.at,
+                sr_class=sr_class,
+                previous=before,
+            ),
+            seg_uid=str(seg_ds.SOPInstanceUID),
+            previous=[str(b.SOPInstanceUID) for b in before],
+        )
+
+    def sc(self, s: _Series, count: int) -> list[ResultObject]:
+        variant = Variant(ObjectKind.SC, s.summary.series_uid, count=count)
+        if variant not in self.key_images:
+            t0 = time.perf_counter()
+            images = build_key_images(
+                s.sources,
+                dict(self.source_paths),
+                s.mask,
+                self.manifest,
+                count=count,
+                weights_sha256=self.weights,
+                at=self.at,
+            )
+            entries = []
+            for image in images:
+                path = write_object(image, self.folder, ObjectKind.SC)
+                validate(path, ObjectKind.SC, set(self.source_paths))
+                entries.append(_entry(ObjectKind.SC, path, image, s.summary.series_uid))
+            self.key_images[variant] = entries
+            self.timings["sc"] += time.perf_counter() - t0
+        return self.key_images[variant]
+
+    def for_profile(
+        self,
+        s: _Series,
+        profile: ProfileSettings,
+        *,
+        confidence: bool,
+        previous: Sequence[Path],
+    ) -> list[ResultObject]:
+        """The objects one profile wants of one series, in their order: SEG, PM, SR, key
+        images."""
+        out: list[ResultObject] = []
+        if profile.seg:
+            seg = self.seg(s, profile.omit_empty_frames)
+            out.append(self.built[seg][1])
+            if confidence:
+                out.append(self.confidence_map(s))
+            if profile.sr and {"measurements", "findings"} & set(self.manifest.outputs):
+                out.append(self.sr(s, seg, profile.sr_class, previous))
+        if profile.key_images:
+            out += self.sc(s, profile.key_images)
+        return out
 
 
 def build_results(
-    summary: dict[str, Any],
+    summary: JobSummary,
     manifest: Manifest,
     profiles: Mapping[str, ProfileSettings],
     source_paths: Mapping[str, Path],
@@ -163,118 +309,24 @@ def build_results(
     previous: Mapping[str, Sequence[Path]] | None = None,
     workers: int = 0,
     confidence: bool = False,
-) -> dict[str, Any]:
+) -> BuiltResults:
     """Objects per profile name, plus build timings. ``previous``: per profile, the SR files of
     the results these replace (``PredecessorDocumentsSequence``). ``confidence``: a Parametric
     Map of the model's confidence goes with every SEG (the rule's ``confidence_map``)."""
-    job_dir = Path(summary["path"])
-    folder = job_dir / OBJECTS
-    weights = summary.get("weights_sha256", "")
-    per_profile: dict[str, list[dict[str, str]]] = {name: [] for name in profiles}
-    built: dict[tuple[str, ...], tuple[Dataset, dict[str, str]]] = {}
-    key_images: dict[tuple[str, int], list[dict[str, str]]] = {}
-    timings = {"seg": 0.0, "pm": 0.0, "sr": 0.0, "sc": 0.0, "validate": 0.0}
-    notes: dict[str, None] = {}  # source attributes repaired before copying, in order
-    if "seg" not in manifest.outputs:
-        return {"objects": per_profile, "timings_s": timings, "source_repairs": list(notes)}
-
-    def once(key: tuple[str, ...], kind: str, make: Any, **check: Any) -> dict[str, str]:
-        if key not in built:
-            t0 = time.perf_counter()
-            ds = make()
-            t1 = time.perf_counter()
-            path = write_object(ds, folder, kind)
-            validate(path, kind, set(source_paths), **check)
-            timings[kind] += t1 - t0
-            timings["validate"] += time.perf_counter() - t1
-            built[key] = (ds, _entry(kind, path, ds, key[1]))
-        return built[key][1]
-
-    for series in summary["series"]:
-        mask = load_mask(job_dir / series["mask"])
-        missing = [u for u in mask.sop_instance_uids if u not in source_paths]
-        if missing:
-            raise ResultError(f"source instance {missing[0]} is no longer stored")
-        uids = list(dict.fromkeys(mask.sop_instance_uids))
-        sources = {u: read_instance(source_paths[u]) for u in uids}
-        for ds in sources.values():
-            notes.update(dict.fromkeys(repair(ds)))
-        suid = series["series_uid"]
-        for name, profile in profiles.items():
-            omit = str(profile.omit_empty_frames)
-            if profile.seg:
-                seg_key = ("seg", suid, omit)
-                per_profile[name].append(
-                    once(
-                        seg_key,
-                        "seg",
-                        partial(
-                            build_seg,
-                            [sources[u] for u in uids],
-                            mask,
-                            manifest,
-                            weights_sha256=weights,
-                            at=at,
-                            omit_empty_frames=profile.omit_empty_frames,
-                            workers=workers,
-                        ),
-                    )
+    builder = _Builder(summary, manifest, source_paths, at=at, workers=workers)
+    per_profile: dict[str, list[ResultObject]] = {name: [] for name in profiles}
+    if "seg" in manifest.outputs:
+        for series in summary.series:
+            inputs = builder.series(series)
+            for name, profile in profiles.items():
+                per_profile[name] += builder.for_profile(
+                    inputs,
+                    profile,
+                    confidence=confidence,
+                    previous=(previous or {}).get(name, ()),
                 )
-                if confidence:
-                    per_profile[name].append(
-                        once(
-                            ("pm", suid),
-                            "pm",
-                            partial(
-                                build_confidence_map,
-                                [sources[u] for u in uids],
-                                mask,
-                                manifest,
-                                weights_sha256=weights,
-                                at=at,
-                            ),
-                        )
-                    )
-                wants_sr = {"measurements", "findings"} & set(manifest.outputs)
-                if profile.sr and wants_sr:
-                    seg = built[seg_key][0]
-                    areas = (mask.labels > 0).reshape(len(mask.labels), -1).sum(axis=1)
-                    key_image = sources[mask.sop_instance_uids[int(np.argmax(areas))]]
-                    before = [dcmread(p) for p in (previous or {}).get(name, ())]
-                    per_profile[name].append(
-                        once(
-                            ("sr", suid, omit, profile.sr_class),
-                            "sr",
-                            partial(
-                                build_sr,
-                                seg,
-                                key_image,
-                                series["labels"],
-                                manifest,
-                                weights_sha256=weights,
-                                at=at,
-                                sr_class=profile.sr_class,
-                                previous=before,
-                            ),
-                            seg_uid=str(seg.SOPInstanceUID),
-                            previous=[str(b.SOPInstanceUID) for b in before],
-                        )
-                    )
-            if profile.key_images:
-                key = (suid, profile.key_images)
-                if key not in key_images:
-                    t0 = time.perf_counter()
-                    key_images[key] = _key_images(
-                        sources,
-                        source_paths,
-                        mask,
-                        manifest,
-                        folder=folder,
-                        series_uid=suid,
-                        count=profile.key_images,
-                        weights_sha256=weights,
-                        at=at,
-                    )
-                    timings["sc"] += time.perf_counter() - t0
-                per_profile[name].extend(key_images[key])
-    return {"objects": per_profile, "timings_s": timings, "source_repairs": list(notes)}
+    return BuiltResults(
+        objects={name: tuple(objs) for name, objs in per_profile.items()},
+        timings_s=builder.timings,
+        source_repairs=tuple(builder.notes),
+    )

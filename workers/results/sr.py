@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dicom_node.results import LabelMeasure
 from workers.inference.manifest import Finding, Label, Manifest
 from workers.results.provenance import (
     MANUFACTURER,
@@ -44,34 +44,37 @@ INTENSITY = {
 }
 
 
-def _measurements(label_summary: dict[str, Any], modality: str) -> list[hd.sr.Measurement]:
+def _measurements(label_summary: LabelMeasure, modality: str) -> list[hd.sr.Measurement]:
     out = [
         hd.sr.Measurement(
-            name=codes.SCT.Volume, value=round(label_summary["volume_ml"], 3), unit=MILLILITER
+            name=codes.SCT.Volume, value=round(label_summary.volume_ml, 3), unit=MILLILITER
         )
     ]
-    if label_summary["voxels"] and modality in INTENSITY:
+    if label_summary.voxels and modality in INTENSITY:
         name, unit = INTENSITY[modality]
-        for derivation, key in ((codes.SCT.Mean, "mean"), (codes.SCT.StandardDeviation, "std")):
+        for derivation, value in (
+            (codes.SCT.Mean, label_summary.mean),
+            (codes.SCT.StandardDeviation, label_summary.std),
+        ):
             out.append(
                 hd.sr.Measurement(
-                    name=name, value=round(label_summary[key], 3), unit=unit, derivation=derivation
+                    name=name, value=round(value or 0.0, 3), unit=unit, derivation=derivation
                 )
             )
     return out
 
 
-def finding_present(finding: Finding, label_summary: dict[str, Any]) -> bool:
-    probability = label_summary.get("max_probability") or 0.0
+def finding_present(finding: Finding, label_summary: LabelMeasure) -> bool:
+    probability = label_summary.max_probability or 0.0
     return bool(
-        label_summary["voxels"]
-        and label_summary["volume_ml"] >= finding.min_volume_ml
+        label_summary.voxels
+        and label_summary.volume_ml >= finding.min_volume_ml
         and probability >= finding.min_probability
     )
 
 
 def _findings(
-    manifest: Manifest, label: Label, label_summary: dict[str, Any]
+    manifest: Manifest, label: Label, label_summary: LabelMeasure
 ) -> tuple[list[hd.sr.QualitativeEvaluation], list[hd.sr.Measurement]]:
     evaluations, probabilities = [], []
     for finding in manifest.findings:
@@ -83,11 +86,11 @@ def _findings(
                 name=concept(finding.name), value=codes.SCT.Present if present else codes.SCT.Absent
             )
         )
-        if label_summary.get("max_probability") is not None:
+        if label_summary.max_probability is not None:
             probabilities.append(
                 hd.sr.Measurement(
                     name=codes.DCM.Probability,
-                    value=round(label_summary["max_probability"], 4),
+                    value=round(label_summary.max_probability, 4),
                     unit=codes.UCUM.NoUnits,
                     derivation=codes.SCT.Maximum,
                 )
@@ -102,7 +105,7 @@ def _multiframe(ds: Dataset) -> bool:
 def build_sr(
     seg: Dataset,
     key_image: Dataset,
-    labels_summary: Sequence[dict[str, Any]],
+    labels_summary: Sequence[LabelMeasure],
     manifest: Manifest,
     *,
     weights_sha256: str,
@@ -113,7 +116,7 @@ def build_sr(
     """The report on ``seg`` (built by ``workers.results.seg``); ``labels_summary`` is the
     pipeline's per-label measurement list for the SEG's series."""
     modality = str(getattr(key_image, "Modality", ""))
-    by_value = {item["value"]: item for item in labels_summary}
+    by_value = {item.value: item for item in labels_summary}
     source_series = hd.sr.SourceSeriesForSegmentation(str(key_image.SeriesInstanceUID))
     algorithm = hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version)
     groups = []
