@@ -324,12 +324,15 @@ class NodeAssociationServer(ThreadedAssociationServer):
         self.unassociated = Unassociated(8, 64, self.ae.acse_timeout or 30.0)
         self._watch = Loop(
             "unassociated-watch",
-            self.unassociated.expire,
+            self._expire_unassociated,
             0.25,
             event="unassociated_watch_failed",
             wait_first=True,
         )
         self._watch.start()
+
+    def _expire_unassociated(self) -> None:
+        self.unassociated.expire()  # looked up each time: the SCP sets its own after __init__
 
     def server_close(self) -> None:
         self._watch.stop()
