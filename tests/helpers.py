@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from sqlalchemy import Engine, select
 
-from dicom_node.admin.queries import list_studies
+from dicom_node.admin.read import studies as read_studies
 from dicom_node.db.models import AuditEvent
 from dicom_node.node import completion_policy, job_maker, prepare
 from dicom_node.receive.scp import Scp, build_scp
@@ -91,7 +91,10 @@ class RunningNode:
         return Path(self.settings.storage.root)
 
     def studies(self) -> list[dict[str, Any]]:
-        return list_studies(self.engine)
+        rows = read_studies.studies(
+            self.engine, read_studies.StudyFilter(limit=1000), show_accession=False
+        )
+        return [asdict(r) for r in rows]
 
     def study(self, uid: str) -> dict[str, Any] | None:
         return next((s for s in self.studies() if s["study_uid"] == uid), None)

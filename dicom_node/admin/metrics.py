@@ -22,7 +22,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 
-from dicom_node.admin.queries import seconds
+from dicom_node.admin.read.common import seconds
 from dicom_node.db.models import (
     Association,
     AuditEvent,

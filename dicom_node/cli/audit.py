@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 
-from dicom_node.cli.common import (
-    ConfigOption,
-    JsonOption,
-    engine_for,
-    settings_for,
-)
+from dicom_node.cli import common
+from dicom_node.cli.common import ConfigOption, JsonOption
 
 app = typer.Typer(help="The audit log: every state change and admin action.")
 
@@ -38,8 +35,8 @@ def audit(
         return
     from datetime import date  # noqa: PLC0415
 
-    from dicom_node.admin.reports import AuditFilter, audit_csv  # noqa: PLC0415
-    from dicom_node.admin.reports import audit as audit_rows  # noqa: PLC0415
+    from dicom_node.admin.read.audit import AuditFilter, audit_csv  # noqa: PLC0415
+    from dicom_node.admin.read.audit import audit as audit_rows  # noqa: PLC0415
 
     try:
         flt = AuditFilter(
@@ -53,14 +50,13 @@ def audit(
     except ValueError as exc:
         typer.echo(f"dicom-node: dates are YYYY-MM-DD ({exc})", err=True)
         raise typer.Exit(2) from exc
-    rows = audit_rows(engine_for(settings_for(config)), flt)
+    rows = audit_rows(common.index(config), flt)
     if as_csv:
         typer.echo(audit_csv(rows), nl=False)
-    elif as_json:
-        typer.echo(json.dumps(rows, indent=2))
     else:
-        for r in rows:
-            typer.echo(
-                f"{r['at'][:19]} {r['event']:<26} {r['actor']:<14} {r['study_uid'] or '-'} "
-                f"{json.dumps(r['details'], sort_keys=True)}"
-            )
+        common.emit(rows, as_json, _lines)
+
+
+def _lines(r: Any) -> Iterator[str]:
+    details = json.dumps(r.details, sort_keys=True)
+    yield f"{(r.at or '')[:19]} {r.event:<26} {r.actor:<14} {r.study_uid or '-'} {details}"

@@ -3,6 +3,9 @@ loading with clear exit codes, and the actor name CLI actions are audited under.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +47,38 @@ def engine_for(settings: Settings) -> Any:
     url = settings.database.url.get_secret_value()
     upgrade(url)
     return make_engine(url)
+
+
+def index(config: Path | None) -> Any:
+    """The index named by the configuration (``engine_for(settings_for(config))``)."""
+    return engine_for(settings_for(config))
+
+
+def to_json(value: Any) -> Any:
+    """Read-model rows as JSON-ready values (dataclasses to dicts, recursively)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def emit(
+    rows: Sequence[Any] | Any,
+    as_json: bool,
+    render: Callable[[Any], Iterable[str]],
+    header: str | None = None,
+) -> None:
+    """A read model's rows: as JSON with ``--json`` (the web API's shape), else a header and
+    the lines ``render`` makes of each row (or of the one object given)."""
+    if as_json:
+        typer.echo(json.dumps(to_json(rows), indent=2))
+        return
+    if header is not None:
+        typer.echo(header)
+    for row in rows if isinstance(rows, list | tuple) else [rows]:
+        for line in render(row):
+            typer.echo(line)
 
 
 def actor() -> str:

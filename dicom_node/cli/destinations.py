@@ -2,57 +2,36 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
-from dicom_node.cli.common import (
-    ConfigOption,
-    JsonOption,
-    actor,
-    engine_for,
-    run_action,
-    settings_for,
-)
+from dicom_node.cli import common
+from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(help="Result destinations ([[destinations]]) and their circuits.")
+app = typer.Typer(help="Result destinations (the [[destinations]] tables) and their circuits.")
 
 
 @app.callback(invoke_without_command=True)
 def destinations(
     ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption = None
 ) -> None:
-    """Configured destinations with their circuit state."""
+    """Every destination with its address, profile, outbox states and circuit."""
     if ctx.invoked_subcommand is not None:
         return
-    from dicom_node.admin.queries import list_circuits  # noqa: PLC0415
+    from dicom_node.admin.read.destinations import destinations as rows  # noqa: PLC0415
 
-    settings = settings_for(config)
-    circuits = {c["destination"]: c for c in list_circuits(engine_for(settings))}
-    rows = [
-        {
-            "name": d.name,
-            "ae_title": d.ae_title,
-            "host": d.host,
-            "port": d.port,
-            "profile": d.profile,
-            "tls": d.tls,
-            **{
-                k: v
-                for k, v in circuits.get(d.name, {"circuit": "CLOSED"}).items()
-                if k != "destination"
-            },
-        }
-        for d in settings.destinations
-    ]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        typer.echo(
-            f"{r['name']:<16} {r['ae_title']}@{r['host']}:{r['port']:<6} "
-            f"profile={r['profile']:<10} circuit={r['circuit']}"
-        )
+    settings = common.settings_for(config)
+    common.emit(rows(common.engine_for(settings), settings), as_json, _lines)
+
+
+def _lines(r: Any) -> Iterator[str]:
+    states = " ".join(f"{k}={v}" for k, v in sorted(r.states.items()))
+    yield (
+        f"{r.destination:<16} {r.address or '(not configured)':<32} "
+        f"profile={r.profile or '-':<10} circuit={r.circuit} {states}"
+    )
 
 
 @app.command("echo")
@@ -60,7 +39,9 @@ def destinations_echo(name: str, config: ConfigOption = None) -> None:
     """C-ECHO one destination with its own settings (TLS included)."""
     from dicom_node.admin.actions import echo_destination  # noqa: PLC0415
 
-    settings = settings_for(config)
-    error = run_action(lambda: echo_destination(engine_for(settings), settings, name, actor()))
+    settings = common.settings_for(config)
+    error = common.run_action(
+        lambda: echo_destination(common.engine_for(settings), settings, name, common.actor())
+    )
     typer.echo(error or f"C-ECHO {name}: Success")
     raise typer.Exit(1 if error else 0)

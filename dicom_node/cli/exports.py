@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 
-from dicom_node.cli.common import (
-    ConfigOption,
-    JsonOption,
-    actor,
-    engine_for,
-    run_action,
-    settings_for,
-)
+from dicom_node.cli import common
+from dicom_node.cli.common import ConfigOption, JsonOption
 
 app = typer.Typer(help="The export outbox: result objects x destinations.")
 
@@ -31,23 +25,22 @@ def exports(
     """Outbox rows, newest first: state, attempts, last DIMSE status and error."""
     if ctx.invoked_subcommand is not None:
         return
-    from dicom_node.admin.queries import list_exports  # noqa: PLC0415
+    from dicom_node.admin.read.jobs import ExportFilter  # noqa: PLC0415
+    from dicom_node.admin.read.jobs import exports as export_rows  # noqa: PLC0415
 
-    rows = list_exports(engine_for(settings_for(config)), job_id=job, state=state)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    typer.echo(
-        f"{'STATE':<11} {'TRY':>5} {'KIND':<4} {'DESTINATION':<16} {'STATUS':<7} EXPORT / JOB"
+    rows = export_rows(common.index(config), ExportFilter(job_id=job, state=state))
+    header = f"{'STATE':<11} {'TRY':>5} {'KIND':<4} {'DESTINATION':<16} {'STATUS':<7} EXPORT / JOB"
+    common.emit(rows, as_json, _lines, header)
+
+
+def _lines(r: Any) -> Iterator[str]:
+    tries = f"{r.attempts}/{r.max_attempts}"
+    yield (
+        f"{r.state:<11} {tries:>5} {r.kind:<4} {r.destination:<16} "
+        f"{r.last_status or '-':<7} {r.export_id} {r.job_id}"
     )
-    for r in rows:
-        tries = f"{r['attempts']}/{r['max_attempts']}"
-        typer.echo(
-            f"{r['state']:<11} {tries:>5} {r['kind']:<4} {r['destination']:<16} "
-            f"{r['last_status'] or '-':<7} {r['export_id']} {r['job_id']}"
-        )
-        if r["last_error"] and r["state"] != "DELIVERED":
-            typer.echo(f"{'':<11} {r['last_error']}")
+    if r.last_error and r.state != "DELIVERED":
+        yield f"{'':<11} {r.last_error}"
 
 
 @app.command("resend")
@@ -65,22 +58,19 @@ def exports_resend(
         typer.echo("dicom-node: give an export ID, --job JOB or --failed", err=True)
         raise typer.Exit(2)
     from dicom_node.admin.actions import resend  # noqa: PLC0415
-    from dicom_node.admin.queries import list_exports  # noqa: PLC0415
+    from dicom_node.admin.read.jobs import ExportFilter  # noqa: PLC0415
+    from dicom_node.admin.read.jobs import exports as export_rows  # noqa: PLC0415
 
-    engine = engine_for(settings_for(config))
-    who = actor()
+    engine = common.index(config)
+    who = common.actor()
     if not failed:
-        moved = run_action(lambda: resend(engine, who, export_id=export_id, job_id=job))
+        moved = common.run_action(lambda: resend(engine, who, export_id=export_id, job_id=job))
     else:
-        rows = [
-            r
-            for r in list_exports(engine, state="FAILED", limit=1_000_000)
-            if destination is None or r["destination"] == destination
-        ]
+        flt = ExportFilter(state="FAILED", destination=destination, limit=1_000_000)
         moved = []
-        with typer.progressbar(rows, label="resending", file=sys.stderr) as bar:
+        with typer.progressbar(export_rows(engine, flt), label="resending", file=sys.stderr) as bar:
             for r in bar:
-                moved += resend(engine, who, export_id=r["export_id"])
+                moved += resend(engine, who, export_id=r.export_id)
         if not moved:
             typer.echo("nothing to resend: no FAILED row matches", err=True)
             raise typer.Exit(1)

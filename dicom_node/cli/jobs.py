@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
-from dicom_node.cli.common import (
-    ConfigOption,
-    JsonOption,
-    actor,
-    engine_for,
-    run_action,
-    settings_for,
-)
+from dicom_node.cli import common
+from dicom_node.cli.common import ConfigOption, JsonOption
 
 app = typer.Typer(help="Inference jobs: list, retry, cancel.")
 
@@ -23,23 +18,20 @@ def jobs(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOption =
     """Inference jobs, newest first, with their state and attempts."""
     if ctx.invoked_subcommand is not None:
         return
-    from dicom_node.admin.queries import list_jobs  # noqa: PLC0415
+    from dicom_node.admin.read.jobs import JobFilter  # noqa: PLC0415
+    from dicom_node.admin.read.jobs import jobs as job_rows  # noqa: PLC0415
 
-    rows = list_jobs(engine_for(settings_for(config)))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    typer.echo(f"{'STATE':<14} {'TRY':>5}  {'MODEL':<20} {'RULE':<20} JOB / STUDY")
-    for r in rows:
-        tries = f"{r['attempts']}/{r['max_attempts']}"
-        typer.echo(
-            f"{r['state']:<14} {tries:>5}  {r['model']:<20} {r['rule']:<20} "
-            f"{r['job_id']} {r['study_uid']}"
-        )
-        if r["stack"]:
-            typer.echo(f"{'':<22}{r['stack']['label']}")
-        if r["error"]:
-            typer.echo(f"{'':<22}error: {r['error']}")
+    header = f"{'STATE':<14} {'TRY':>5}  {'MODEL':<20} {'RULE':<20} JOB / STUDY"
+    common.emit(job_rows(common.index(config), JobFilter()), as_json, _lines, header)
+
+
+def _lines(r: Any) -> Iterator[str]:
+    tries = f"{r.attempts}/{r.max_attempts}"
+    yield f"{r.state:<14} {tries:>5}  {r.model:<20} {r.rule:<20} {r.job_id} {r.study_uid}"
+    if r.stack:
+        yield f"{'':<22}{r.stack['label']}"
+    if r.error:
+        yield f"{'':<22}error: {r.error}"
 
 
 @app.command("retry")
@@ -47,7 +39,7 @@ def jobs_retry(job_id: str, config: ConfigOption = None) -> None:
     """A FAILED or CANCELLED job back to QUEUED (attempts from zero)."""
     from dicom_node.admin.actions import retry_job  # noqa: PLC0415
 
-    run_action(lambda: retry_job(engine_for(settings_for(config)), job_id, actor()))
+    common.run_action(lambda: retry_job(common.index(config), job_id, common.actor()))
     typer.echo(f"job {job_id} QUEUED")
 
 
@@ -56,5 +48,5 @@ def jobs_cancel(job_id: str, config: ConfigOption = None) -> None:
     """A QUEUED or RUNNING job to CANCELLED (a running worker's results are refused)."""
     from dicom_node.admin.actions import cancel_job  # noqa: PLC0415
 
-    run_action(lambda: cancel_job(engine_for(settings_for(config)), job_id, actor()))
+    common.run_action(lambda: cancel_job(common.index(config), job_id, common.actor()))
     typer.echo(f"job {job_id} CANCELLED")

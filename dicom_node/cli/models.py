@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from dicom_node.cli.common import (
-    ConfigOption,
-    JsonOption,
-    settings_for,
-)
+from dicom_node.cli import common
+from dicom_node.cli.common import ConfigOption, JsonOption
 
 app = typer.Typer(no_args_is_help=True, help="Model plug-ins ([models] root).")
 
@@ -21,17 +17,15 @@ app = typer.Typer(no_args_is_help=True, help="Model plug-ins ([models] root).")
 @app.command("list")
 def models_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Model plug-ins under [models] root, with their manifest checked and weights verified."""
-    from dicom_node.admin.models import describe_models  # noqa: PLC0415
+    from dicom_node.admin.read.models import describe_models  # noqa: PLC0415
 
-    rows = describe_models(settings_for(config).models.root)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-    else:
-        for r in rows:
-            typer.echo(
-                f"{r['name']:<24} {r['version'] or '-':<10} {r['runner'] or '-':<14} {r['status']}"
-            )
-    raise typer.Exit(0 if all(r["status"] == "ok" for r in rows) else 1)
+    rows = describe_models(common.settings_for(config).models.root)
+    common.emit(
+        rows,
+        as_json,
+        lambda r: [f"{r.name:<24} {r.version or '-':<10} {r.runner or '-':<14} {r.status}"],
+    )
+    raise typer.Exit(0 if all(r.status == "ok" for r in rows) else 1)
 
 
 @app.command("evaluate")
@@ -53,7 +47,7 @@ def models_evaluate(
     from workers import evaluate as ev  # noqa: PLC0415 - torch only for this command
     from workers.inference.runners import ModelCache  # noqa: PLC0415
 
-    settings = settings_for(config)
+    settings = common.settings_for(config)
     try:
         loaded = ModelCache(settings.models.root, device or settings.models.device).get(model)
         series = ev.find_cases(cases)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from typing import Any
 
 import typer
 
-from dicom_node.cli.common import (
-    ConfigOption,
-    JsonOption,
-    actor,
-    engine_for,
-    run_action,
-    settings_for,
-)
+from dicom_node.cli import common
+from dicom_node.cli.common import ConfigOption, JsonOption
 
 app = typer.Typer(help="Studies in the index (no patient names).")
 
@@ -23,30 +18,64 @@ def studies(ctx: typer.Context, as_json: JsonOption = False, config: ConfigOptio
     """List studies, most recent first."""
     if ctx.invoked_subcommand is not None:
         return
-    from dicom_node.admin.queries import list_studies  # noqa: PLC0415
+    from dicom_node.admin.read.studies import StudyFilter  # noqa: PLC0415
+    from dicom_node.admin.read.studies import studies as study_rows  # noqa: PLC0415
 
-    rows = list_studies(engine_for(settings_for(config)))
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    typer.echo(f"{'STATE':<10} {'SERIES':>6} {'INST':>6}  {'LAST RECEIVED':<32} STUDY UID")
-    for r in rows:
-        typer.echo(
-            f"{r['state']:<10} {r['series']:>6} {r['instances']:>6}  "
-            f"{r['last_received']:<32} {r['study_uid']}"
-        )
+    settings = common.settings_for(config)
+    rows = study_rows(
+        common.engine_for(settings),
+        StudyFilter(limit=1000),
+        show_accession=settings.admin.show_accession,
+    )
+    header = f"{'STATE':<10} {'SERIES':>6} {'INST':>6}  {'LAST RECEIVED':<32} STUDY UID"
+    common.emit(rows, as_json, _row_lines, header)
+
+
+def _row_lines(r: Any) -> Iterator[str]:
+    yield f"{r.state:<10} {r.series:>6} {r.instances:>6}  {r.last_received:<32} {r.study_uid}"
 
 
 @app.command("show")
-def studies_show(uid: str, config: ConfigOption = None) -> None:
-    """One study: its series and its timeline of audit events."""
-    from dicom_node.admin.queries import show_study  # noqa: PLC0415
+def studies_show(uid: str, as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """One study's timeline, as the web UI's study page shows it: every stage with its time,
+    the series, the rules' choice of stacks, each job with its exports and measurements."""
+    from dicom_node.admin.read.timeline import timeline  # noqa: PLC0415
 
-    detail = show_study(engine_for(settings_for(config)), uid)
-    if detail is None:
+    settings = common.settings_for(config)
+    found = timeline(
+        common.engine_for(settings), settings, uid, show_accession=settings.admin.show_accession
+    )
+    if found is None:
         typer.echo(f"no study {uid}", err=True)
         raise typer.Exit(1)
-    typer.echo(json.dumps(detail, indent=2))
+    common.emit(found, as_json, _timeline_lines)
+
+
+def _timeline_lines(s: Any) -> Iterator[str]:
+    yield f"study {s.study_uid}  {s.state}  sent by {', '.join(s.calling_aes) or '-'}"
+    for se in s.series:
+        yield (
+            f"  series {se.series_number if se.series_number is not None else '-':>4} "
+            f"{se.modality or '-':<4} {se.instances:>5} instances  {se.series_uid}"
+        )
+    yield "timeline:"
+    for e in s.timeline:
+        took = f"  +{e.duration_s:.3f} s {e.duration_of or ''}" if e.duration_s is not None else ""
+        extra = " · ".join(v for v in (e.actor, e.detail) if v)
+        yield f"  {e.at}  {e.stage}{took}{'  (' + extra + ')' if extra else ''}"
+    for r in s.rules:
+        yield f"rule {r.rule}: " + (", ".join(r.chosen) if r.chosen else "does not apply")
+        for key, why in r.refused.items():
+            yield f"  refused {key}: {why}"
+    for j in s.jobs:
+        yield f"job {j.job_id} {j.model} {j.state} (attempts {j.attempts})"
+        if j.error:
+            yield f"  error: {j.error}"
+        for m in j.measurements:
+            mean = f", mean {m.mean:.1f}" if m.mean is not None else ""
+            yield f"  {m.label}: {m.volume_ml:.2f} mL ({m.voxels} voxels{mean})"
+        for x in j.exports:
+            yield f"  {x.kind} -> {x.destination}: {x.state} {x.last_status or ''}".rstrip()
 
 
 @app.command("force-complete")
@@ -54,8 +83,10 @@ def studies_force_complete(uid: str, config: ConfigOption = None) -> None:
     """Mark a study still receiving COMPLETE now; its jobs are queued."""
     from dicom_node.admin.actions import force_complete  # noqa: PLC0415
 
-    settings = settings_for(config)
-    jobs = run_action(lambda: force_complete(engine_for(settings), settings, uid, actor()))
+    settings = common.settings_for(config)
+    jobs = common.run_action(
+        lambda: force_complete(common.engine_for(settings), settings, uid, common.actor())
+    )
     typer.echo(f"study {uid} COMPLETE; {len(jobs)} job(s) queued: " + " ".join(jobs))
 
 
@@ -64,6 +95,8 @@ def studies_rerun(uid: str, config: ConfigOption = None) -> None:
     """New jobs for a COMPLETE study, as if it completed now."""
     from dicom_node.admin.actions import rerun  # noqa: PLC0415
 
-    settings = settings_for(config)
-    jobs = run_action(lambda: rerun(engine_for(settings), settings, uid, actor()))
+    settings = common.settings_for(config)
+    jobs = common.run_action(
+        lambda: rerun(common.engine_for(settings), settings, uid, common.actor())
+    )
     typer.echo(f"{len(jobs)} job(s) queued: " + " ".join(jobs))

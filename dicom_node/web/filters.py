@@ -7,7 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from dicom_node.admin import reports
+from dicom_node.admin.read.audit import AuditFilter
+from dicom_node.admin.read.jobs import ExportFilter, JobFilter
+from dicom_node.admin.read.studies import StudyFilter
 from dicom_node.web.context import day
 
 
@@ -20,8 +22,8 @@ def study_filter(
     received_from: str | None = None,
     received_to: str | None = None,
     limit: int = 200,
-) -> reports.StudyFilter:
-    return reports.StudyFilter(
+) -> StudyFilter:
+    return StudyFilter(
         state=state or None,
         calling_ae=calling_ae or None,
         model=model or None,
@@ -40,8 +42,8 @@ def audit_filter(
     since: str | None = None,
     until: str | None = None,
     limit: int = 500,
-) -> reports.AuditFilter:
-    return reports.AuditFilter(
+) -> AuditFilter:
+    return AuditFilter(
         event_type=event_type or None,
         actor=actor or None,
         study_uid=study_uid or None,
@@ -51,5 +53,29 @@ def audit_filter(
     )
 
 
-StudyQuery = Annotated[reports.StudyFilter, Depends(study_filter)]
-AuditQuery = Annotated[reports.AuditFilter, Depends(audit_filter)]
+def job_filter(
+    *,
+    state: str | None = None,
+    model: str | None = None,
+    study_uid: str | None = None,
+    limit: int = 200,
+) -> JobFilter:
+    return JobFilter(state or None, model or None, study_uid or None, max(1, min(limit, 5000)))
+
+
+def export_filter(
+    *,
+    state: str | None = None,
+    destination: str | None = None,
+    job_id: str | None = None,
+    limit: int = 200,
+) -> ExportFilter:
+    return ExportFilter(
+        state or None, destination or None, job_id or None, max(1, min(limit, 5000))
+    )
+
+
+StudyQuery = Annotated[StudyFilter, Depends(study_filter)]
+AuditQuery = Annotated[AuditFilter, Depends(audit_filter)]
+JobQuery = Annotated[JobFilter, Depends(job_filter)]
+ExportQuery = Annotated[ExportFilter, Depends(export_filter)]

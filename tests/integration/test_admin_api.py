@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import sqlite3
 import time
@@ -467,6 +468,27 @@ def test_timeline_has_every_stage_with_durations(site: Site) -> None:
     assert {m["label"] for m in job["measurements"]} == {"bone"}
     html = viewer.get(f"/studies/{site.study_a}").text
     assert "results ready" in html and "inference and results" in html
+
+
+def test_the_cli_and_the_web_render_the_same_timeline(site: Site, tmp_path: Path) -> None:
+    """One read model: ``studies show --json`` is the API's study, and the text and the page
+    list the same stages in the same order."""
+    viewer = site.login("vic", "viewer pass")
+    api = viewer.get(f"/api/studies/{site.study_a}").json()
+    cfg = config_for(site, tmp_path)
+    with cfg.open("a") as fh:  # the site's rule, so the CLI reads the rules' choice the same
+        fh.write('[[rules]]\nname = "ct"\nmodels = ["threshold"]\nmatch = {modality = ["CT"]}\n')
+    done = cli("studies", "show", site.study_a, "--json", config=cfg)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == api
+    text = cli("studies", "show", site.study_a, config=cfg).stdout.splitlines()
+    html = viewer.get(f"/studies/{site.study_a}").text
+    stages = [e["stage"] for e in api["timeline"]]
+    assert len(stages) >= 7
+    at_line = [next(i for i, line in enumerate(text) if stage in line) for stage in stages]
+    assert at_line == sorted(at_line)
+    at_html = [html.index(stage) for stage in stages]
+    assert at_html == sorted(at_html)
 
 
 def test_audit_filters_and_csv_export(site: Site) -> None:

@@ -39,18 +39,20 @@ def test_studies_json_and_show(node: RunningNode, ct_dir: Path, tmp_path: Path) 
         6,
     )
 
-    shown = cli("studies", "show", uid, config=cfg)
+    shown = cli("studies", "show", uid, "--json", config=cfg)
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
-    assert [e["event"] for e in detail["timeline"]] == ["study.receiving", "study.completed"]
-    assert detail["series_detail"][0]["instances"] == 6
+    assert [e["event"] for e in detail["events"]] == ["study.receiving", "study.completed"]
+    assert detail["series"][0]["instances"] == 6
+    text = cli("studies", "show", uid, config=cfg).stdout
+    assert "received (first instance)" in text and "complete (settled after release)" in text
 
     table = cli("studies", config=cfg)
     assert uid in table.stdout and "COMPLETE" in table.stdout
     # No patient names or IDs anywhere in what the CLI prints.
-    for text in (done.stdout, shown.stdout, table.stdout):
-        assert str(datasets[0].PatientName) not in text
-        assert str(datasets[0].PatientID) not in text
+    for printed in (done.stdout, shown.stdout, text, table.stdout):
+        assert str(datasets[0].PatientName) not in printed
+        assert str(datasets[0].PatientID) not in printed
 
     assert cli("studies", "show", "1.2.3.999", config=cfg).returncode == 1
 

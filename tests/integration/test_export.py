@@ -129,7 +129,7 @@ def resend_from_the_cli(s: Scenario, job_id: str, seg_uid: str) -> None:
     again = cli("exports", "resend", "--job", "no-such-job", config=s.config)
     assert again.returncode == 2 and "no exports of no-such-job" in again.stderr
     destinations = json.loads(cli("destinations", "--json", config=s.config).stdout)
-    assert [(d["name"], d["circuit"]) for d in destinations] == [
+    assert [(d["destination"], d["circuit"]) for d in destinations] == [
         ("pacs", "CLOSED"),
         ("archive", "CLOSED"),
     ]

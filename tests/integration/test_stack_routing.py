@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from dicom_node.admin.reports import timeline
+from dicom_node.admin.read.timeline import timeline
 from dicom_node.db.models import AuditEvent, Job
 from dicom_node.domain import JobState
 from tests.helpers import (
@@ -169,8 +170,9 @@ def test_rules_choose_stacks_and_a_refused_stack_does_not_stop_the_others(
     listed = cli("jobs", config=cfg).stdout
     assert f"error: {GAP}" in listed
 
-    shown = timeline(routed.engine, routed.settings, uid, show_accession=False)
-    assert shown is not None
+    found = timeline(routed.engine, routed.settings, uid, show_accession=False)
+    assert found is not None
+    shown = asdict(found)
     [rule] = shown["rules"]
     assert [v["verdict"] for v in rule["stacks"]] == [v[3] for v in verdicts]
     by_job = {j["job_id"]: j for j in shown["jobs"]}

@@ -8,11 +8,9 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
-from dicom_node.admin import reports
-from dicom_node.admin.models import models_overview
-from dicom_node.admin.queries import list_exports, list_jobs
+from dicom_node.admin.read import audit, dashboard, destinations, jobs, models, studies, timeline
 from dicom_node.web.context import Ctx, Viewer, page
-from dicom_node.web.filters import AuditQuery, StudyQuery
+from dicom_node.web.filters import AuditQuery, ExportQuery, JobQuery, StudyQuery
 from dicom_node.web.routes.api import audit_csv
 
 router = APIRouter(default_response_class=HTMLResponse)
@@ -20,7 +18,7 @@ router = APIRouter(default_response_class=HTMLResponse)
 
 @router.get("/")
 def dashboard_page(request: Request, _: Viewer, ctx: Ctx, window: str = "24h") -> HTMLResponse:
-    return page(request, "dashboard.html", d=reports.dashboard(ctx.engine, window))
+    return page(request, "dashboard.html", d=dashboard.dashboard(ctx.engine, window))
 
 
 @router.get("/studies")
@@ -28,7 +26,7 @@ def studies_page(request: Request, _: Viewer, ctx: Ctx, flt: StudyQuery) -> HTML
     return page(
         request,
         "studies.html",
-        rows=reports.studies(ctx.engine, flt, show_accession=ctx.show_accession),
+        rows=studies.studies(ctx.engine, flt, show_accession=ctx.show_accession),
         f=flt,
         models=sorted({m for rule in ctx.settings.rules for m in rule.models}),
         show_accession=ctx.show_accession,
@@ -37,44 +35,36 @@ def studies_page(request: Request, _: Viewer, ctx: Ctx, flt: StudyQuery) -> HTML
 
 @router.get("/studies/{study_uid}")
 def study_page(request: Request, _: Viewer, ctx: Ctx, study_uid: str) -> HTMLResponse:
-    found = reports.timeline(ctx.engine, ctx.settings, study_uid, show_accession=ctx.show_accession)
+    found = timeline.timeline(
+        ctx.engine, ctx.settings, study_uid, show_accession=ctx.show_accession
+    )
     if found is None:
         raise HTTPException(404, f"no study {study_uid}")
     return page(request, "study.html", s=found, show_accession=ctx.show_accession)
 
 
 @router.get("/jobs")
-def jobs_page(
-    request: Request,
-    _: Viewer,
-    ctx: Ctx,
-    state: str = "",
-    model: str = "",
-    study_uid: str = "",
-) -> HTMLResponse:
-    rows = list_jobs(
-        ctx.engine,
-        state=state or None,
-        model=model or None,
-        study_uid=study_uid or None,
-        limit=200,
+def jobs_page(request: Request, _: Viewer, ctx: Ctx, flt: JobQuery) -> HTMLResponse:
+    rows = jobs.jobs(ctx.engine, flt)
+    return page(
+        request,
+        "jobs.html",
+        rows=rows,
+        state=flt.state or "",
+        model=flt.model or "",
+        study_uid=flt.study_uid or "",
     )
-    return page(request, "jobs.html", rows=rows, state=state, model=model, study_uid=study_uid)
 
 
 @router.get("/exports")
-def exports_page(
-    request: Request, _: Viewer, ctx: Ctx, state: str = "", destination: str = ""
-) -> HTMLResponse:
-    rows = list_exports(ctx.engine, state=state or None)
-    rows = [r for r in rows if not destination or r["destination"] == destination]
+def exports_page(request: Request, _: Viewer, ctx: Ctx, flt: ExportQuery) -> HTMLResponse:
     return page(
         request,
         "exports.html",
-        outbox=reports.outbox(ctx.engine, ctx.settings),
-        rows=rows,
-        state=state,
-        destination=destination,
+        outbox=destinations.destinations(ctx.engine, ctx.settings),
+        rows=jobs.exports(ctx.engine, flt),
+        state=flt.state or "",
+        destination=flt.destination or "",
     )
 
 
@@ -83,21 +73,23 @@ def audit_page(request: Request, _: Viewer, ctx: Ctx, flt: AuditQuery) -> HTMLRe
     return page(
         request,
         "audit.html",
-        rows=reports.audit(ctx.engine, flt),
+        rows=audit.audit(ctx.engine, flt),
         f=flt,
-        event_types=reports.audit_event_types(ctx.engine),
+        event_types=audit.event_types(ctx.engine),
         query=request.url.query,
     )
 
 
 @router.get("/destinations")
 def destinations_page(request: Request, _: Viewer, ctx: Ctx) -> HTMLResponse:
-    return page(request, "destinations.html", outbox=reports.outbox(ctx.engine, ctx.settings))
+    return page(
+        request, "destinations.html", outbox=destinations.destinations(ctx.engine, ctx.settings)
+    )
 
 
 @router.get("/models")
 def models_page(request: Request, _: Viewer, ctx: Ctx) -> HTMLResponse:
-    rows = models_overview(ctx.engine, Path(ctx.settings.models.root))
+    rows = models.models_overview(ctx.engine, Path(ctx.settings.models.root))
     return page(request, "models.html", models=rows)
 
 
