@@ -5,6 +5,7 @@ No ``from __future__ import annotations``: FastAPI reads these annotations at ru
 """
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -36,54 +37,65 @@ async def act(request: Request, do: Callable[[], Any], done: str) -> Response:
     return JSONResponse({"ok": True, "message": done, "result": result})
 
 
-@router.post("/studies/{study_uid}/force-complete")
-async def force_complete(request: Request, user: Admin, ctx: Ctx, study_uid: str) -> Response:
-    return await act(
-        request,
-        lambda: actions.force_complete(ctx.engine, ctx.settings, study_uid, user.name),
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One action route: ``POST /api{path}``, whose one path parameter is ``key``."""
+
+    name: str
+    path: str
+    do: Callable[[Ctx, str, str], Any]  # (context, key, user name) -> result
+    done: str  # the flash message
+
+
+ACTIONS = (
+    Action(
+        "force_complete",
+        "/studies/{key}/force-complete",
+        lambda ctx, uid, who: actions.force_complete(ctx.engine, ctx.settings, uid, who),
         "Study forced COMPLETE; its jobs are queued.",
-    )
-
-
-@router.post("/studies/{study_uid}/rerun")
-async def rerun(request: Request, user: Admin, ctx: Ctx, study_uid: str) -> Response:
-    return await act(
-        request,
-        lambda: actions.rerun(ctx.engine, ctx.settings, study_uid, user.name),
+    ),
+    Action(
+        "rerun",
+        "/studies/{key}/rerun",
+        lambda ctx, uid, who: actions.rerun(ctx.engine, ctx.settings, uid, who),
         "New jobs queued for the study.",
-    )
-
-
-@router.post("/jobs/{job_id}/retry")
-async def retry(request: Request, user: Admin, ctx: Ctx, job_id: str) -> Response:
-    return await act(
-        request, lambda: actions.retry_job(ctx.engine, job_id, user.name), "Job queued again."
-    )
-
-
-@router.post("/jobs/{job_id}/cancel")
-async def cancel(request: Request, user: Admin, ctx: Ctx, job_id: str) -> Response:
-    return await act(
-        request, lambda: actions.cancel_job(ctx.engine, job_id, user.name), "Job cancelled."
-    )
-
-
-@router.post("/jobs/{job_id}/resend")
-async def resend_job(request: Request, user: Admin, ctx: Ctx, job_id: str) -> Response:
-    return await act(
-        request,
-        lambda: actions.resend(ctx.engine, user.name, job_id=job_id),
+    ),
+    Action(
+        "retry",
+        "/jobs/{key}/retry",
+        lambda ctx, job, who: actions.retry_job(ctx.engine, job, who),
+        "Job queued again.",
+    ),
+    Action(
+        "cancel",
+        "/jobs/{key}/cancel",
+        lambda ctx, job, who: actions.cancel_job(ctx.engine, job, who),
+        "Job cancelled.",
+    ),
+    Action(
+        "resend_job",
+        "/jobs/{key}/resend",
+        lambda ctx, job, who: actions.resend(ctx.engine, who, job_id=job),
         "The job's results are queued for sending again.",
-    )
-
-
-@router.post("/exports/{export_id}/resend")
-async def resend_export(request: Request, user: Admin, ctx: Ctx, export_id: str) -> Response:
-    return await act(
-        request,
-        lambda: actions.resend(ctx.engine, user.name, export_id=export_id),
+    ),
+    Action(
+        "resend_export",
+        "/exports/{key}/resend",
+        lambda ctx, export, who: actions.resend(ctx.engine, who, export_id=export),
         "The object is queued for sending again.",
-    )
+    ),
+)
+
+
+def _endpoint(action: Action) -> Callable[..., Any]:
+    async def endpoint(request: Request, user: Admin, ctx: Ctx, key: str) -> Response:
+        return await act(request, lambda: action.do(ctx, key, user.name), action.done)
+
+    return endpoint
+
+
+for _action in ACTIONS:
+    router.add_api_route(_action.path, _endpoint(_action), methods=["POST"], name=_action.name)
 
 
 @router.post("/destinations/{name}/echo")
