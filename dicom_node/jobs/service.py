@@ -358,12 +358,6 @@ def mark_enqueued(engine: Engine, job_ids: Sequence[str]) -> None:
         )
 
 
-def reconcile(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
-    """One reconciler pass: expire leases, then return the jobs to (re-)enqueue."""
-    expire_leases(engine)
-    return due_for_enqueue(engine, unclaimed_after_s=unclaimed_after_s)
-
-
 def next_queued(engine: Engine) -> list[str]:
     """QUEUED job ids in the order workers should take them (stat first, then oldest)."""
     with engine.connect() as conn:

@@ -127,10 +127,10 @@ def test_lease_requeue_and_permanent_failure(jobs_node: RunningNode, ct_dir: Pat
 
     assert service.claim(node.engine, job_id, "worker-a", settings)
     expire()  # the worker was killed: its lease runs out
-    assert job_id in service.reconcile(node.engine, unclaimed_after_s=3600)
+    assert job_id in service.expire_leases(node.engine)  # requeued
     assert service.claim(node.engine, job_id, "worker-c", settings)
     expire()
-    assert job_id not in service.reconcile(node.engine, unclaimed_after_s=3600)
+    assert job_id not in service.expire_leases(node.engine)  # failed: attempts used up
     [job] = [j for j in jobs_of(node, study[0].StudyInstanceUID) if j.id == job_id]
     assert (job.state, job.attempts) == ("FAILED", 3)
     assert job.error == "lease expired: the worker stopped answering (failed 3 attempts)"
@@ -154,10 +154,14 @@ def test_unclaimed_jobs_are_returned_for_reenqueue(jobs_node: RunningNode, ct_di
     send_datasets(jobs_node.port, study)
     wait_for(lambda: jobs_of(jobs_node, study[0].StudyInstanceUID), 5, "jobs made")
     ids = {j.id for j in jobs_of(jobs_node, study[0].StudyInstanceUID)}
-    assert set(service.reconcile(jobs_node.engine, unclaimed_after_s=3600)) == ids  # never sent
+    assert (
+        set(service.due_for_enqueue(jobs_node.engine, unclaimed_after_s=3600)) == ids
+    )  # never sent
     service.mark_enqueued(jobs_node.engine, list(ids))
-    assert service.reconcile(jobs_node.engine, unclaimed_after_s=3600) == []
-    assert set(service.reconcile(jobs_node.engine, unclaimed_after_s=0)) == ids  # sent, unclaimed
+    assert service.due_for_enqueue(jobs_node.engine, unclaimed_after_s=3600) == []
+    assert (
+        set(service.due_for_enqueue(jobs_node.engine, unclaimed_after_s=0)) == ids
+    )  # sent, unclaimed
 
 
 def test_one_claim_wins_under_contention(jobs_node: RunningNode, ct_dir: Path) -> None:

@@ -88,7 +88,7 @@ def test_dispatch_order_is_priority_then_age_and_resends_the_unclaimed(engine: E
         conn.execute(
             update(Job).where(Job.id == "stat").values(enqueued_at=now - timedelta(minutes=2))
         )
-    assert service.reconcile(engine, unclaimed_after_s=60) == ["stat"]
+    assert service.due_for_enqueue(engine, unclaimed_after_s=60) == ["stat"]
 
 
 def test_the_transition_table_refuses_an_unknown_move(engine: Engine) -> None:
