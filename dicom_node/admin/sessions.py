@@ -3,7 +3,7 @@
 The signed cookie carries only a random token; the ``admin_sessions`` row (keyed by its sha256)
 holds the user, the client, and when it was made, last used and expires. A session ends at once
 on logout, and for every session of a user whose password or role changes or who is disabled
-(``end_all``, called by ``users.change_user`` in the same transaction). It also ends after
+(``users.change_user`` deletes them in the same transaction). It also ends after
 ``session_idle_s`` without a request and ``session_max_age_s`` after login, whichever is first.
 Every login makes a new token.
 """
@@ -14,7 +14,7 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from dicom_node.admin.users import Account, account_in
 from dicom_node.db.models import AdminSession, utcnow
@@ -70,8 +70,3 @@ def lookup(engine: Engine, token: str, admin: AdminSettings) -> Account | None:
 def end(engine: Engine, token: str) -> None:
     with engine.begin() as conn:
         conn.execute(delete(AdminSession).where(AdminSession.id == _key(token)))
-
-
-def end_all(conn: Connection, name: str) -> int:
-    """End every session of ``name``; returns how many there were."""
-    return int(conn.execute(delete(AdminSession).where(AdminSession.user_name == name)).rowcount)
