@@ -87,9 +87,10 @@ def fill(engine, studies: int, per_study: int) -> str:  # type: ignore[no-untype
             "results_ready_at": ready if state == "DONE" else None,
             "finished_at": finished if state != "QUEUED" else None,
             "error": "weights fail the sha256 check" if state == "FAILED" else None,
-            "result": {"series": [{"labels": [
-                {"name": n, "voxels": rng.randint(0, 10**6), "volume_ml": rng.uniform(0, 900)}
-                for n in ("adipose tissue", "soft tissue", "bone", "air")]}]}
+            "result": {"series": [{"series_uid": f"{uid}.1", "labels": [
+                {"value": v, "name": n, "voxels": rng.randint(0, 10**6),
+                 "volume_ml": rng.uniform(0, 900)}
+                for v, n in enumerate(("adipose tissue", "soft tissue", "bone", "air"), 1)]}]}
             if state == "DONE" else None,
         })  # fmt: skip
         trail = [("study.receiving", "study", uid, first), ("study.completed", "study", uid, done),
