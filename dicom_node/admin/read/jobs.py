@@ -99,6 +99,29 @@ class ExportRow:
     next_attempt_at: str | None
     created_at: str | None
     delivered_at: str | None
+    send_s: float | None  # made -> delivered
+
+
+def export_row(r: Any) -> ExportRow:
+    """One ``exports`` row as the outbox views (and each job of a timeline) show it."""
+    return ExportRow(
+        export_id=r.id,
+        job_id=r.job_id,
+        study_uid=r.study_uid,
+        destination=r.destination,
+        kind=r.kind,
+        sop_instance_uid=r.sop_instance_uid,
+        state=r.state,
+        attempts=r.attempts,
+        max_attempts=r.max_attempts,
+        last_status=status_hex(r.last_status),
+        last_error=r.last_error,
+        warning=r.warning,
+        next_attempt_at=iso(r.next_attempt_at),
+        created_at=iso(r.created_at),
+        delivered_at=iso(r.delivered_at),
+        send_s=seconds(r.created_at, r.delivered_at),
+    )
 
 
 def exports(engine: Engine, flt: ExportFilter) -> list[ExportRow]:
@@ -112,23 +135,4 @@ def exports(engine: Engine, flt: ExportFilter) -> list[ExportRow]:
         stmt = stmt.where(Export.destination == flt.destination)
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
-    return [
-        ExportRow(
-            export_id=r.id,
-            job_id=r.job_id,
-            study_uid=r.study_uid,
-            destination=r.destination,
-            kind=r.kind,
-            sop_instance_uid=r.sop_instance_uid,
-            state=r.state,
-            attempts=r.attempts,
-            max_attempts=r.max_attempts,
-            last_status=status_hex(r.last_status),
-            last_error=r.last_error,
-            warning=r.warning,
-            next_attempt_at=iso(r.next_attempt_at),
-            created_at=iso(r.created_at),
-            delivered_at=iso(r.delivered_at),
-        )
-        for r in rows
-    ]
+    return [export_row(r) for r in rows]

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
 
-from dicom_node.admin.read.common import iso, seconds, status_hex
+from dicom_node.admin.read.common import iso, seconds
+from dicom_node.admin.read.jobs import ExportRow, export_row
 from dicom_node.db.models import (
     Association,
     AuditEvent,
@@ -82,20 +83,6 @@ class RuleRow:
 
 
 @dataclass(frozen=True, slots=True)
-class ExportSent:
-    export_id: str
-    destination: str
-    kind: str
-    state: str
-    attempts: int
-    last_status: str | None
-    last_error: str | None
-    created_at: str | None
-    delivered_at: str | None
-    send_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class Measure:
     series_uid: str
     label: str
@@ -116,7 +103,7 @@ class JobTimeline:
     stack: dict[str, Any] | None
     stages: list[Stage]
     total_s: float | None  # first instance -> finished
-    exports: list[ExportSent]
+    exports: list[ExportRow]
     export_attempts: list[Event]
     log: list[Event]
     measurements: list[Measure]
@@ -280,25 +267,10 @@ def _job(job: Any, study: Any, exports: list[Any], log: list[Event]) -> JobTimel
         stack=job.stack,
         stages=stages,
         total_s=seconds(study.first_received, job.finished_at),
-        exports=[_sent(x) for x in exports],
+        exports=[export_row(x) for x in exports],
         export_attempts=[e for e in log if e.event.startswith("export.")],
         log=log,
         measurements=_measurements(job.result),
-    )
-
-
-def _sent(x: Any) -> ExportSent:
-    return ExportSent(
-        export_id=x.id,
-        destination=x.destination,
-        kind=x.kind,
-        state=x.state,
-        attempts=x.attempts,
-        last_status=status_hex(x.last_status),
-        last_error=x.last_error,
-        created_at=iso(x.created_at),
-        delivered_at=iso(x.delivered_at),
-        send_s=seconds(x.created_at, x.delivered_at),
     )
 
 
