@@ -188,7 +188,11 @@ modality = ["CT"]
                 self.copies[ds.SOPInstanceUID] = original
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         wait_for(lambda: _listening(self.port), 20, "node listening")
-        assert set(send_datasets(self.port, datasets)) == {0}
+        try:
+            codes = send_datasets(self.port, datasets)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; node log tail: {self.log_tail()}") from exc
+        assert set(codes) == {0}, f"statuses {codes}; node log tail: {self.log_tail()}"
         return str(datasets[0].StudyInstanceUID)
 
     def job_state(self, job_id: str) -> str | None:

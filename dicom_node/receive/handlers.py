@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import ssl
+import time
 import uuid
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -34,6 +35,7 @@ from dicom_node.storage.writer import AtomicWriter
 log = get_logger(__name__)
 
 LAST_INDEXED_TAG: BaseTag = Tag(0x0020, 0x0037)  # Image Orientation (Patient)
+SLOW_C_STORE_S = 5.0  # senders commonly time a response out at 30 s
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 §9.3.4
 REJECT_HOST_NOT_ALLOWED = (0x01, 0x01, 0x01)  # permanent, service-user, no reason given
@@ -186,9 +188,11 @@ class ScpHandlers:
             association_id=state.id if state else None,
             raw=lambda: cast(BytesIO, rq.DataSet).getbuffer(),
         )
+        started = time.monotonic()
         try:
             outcome = self.intake.accept(req, state.cache if state else AssociationCache())
         except errors.StorageRefusedError as exc:
+            _warn_if_slow(started, req)
             if state:
                 state.failed += 1
             status = status_for(exc)
@@ -201,6 +205,7 @@ class ScpHandlers:
                 error_comment=exc.comment,
             )
             return _status(status, exc.comment)
+        _warn_if_slow(started, req)
         if state:
             state.stored += 1
         if outcome.stored is not Stored.NEW:
@@ -212,6 +217,19 @@ class ScpHandlers:
                 study_uid=outcome.key.study_uid,
             )
         return statuses.SUCCESS
+
+
+def _warn_if_slow(started: float, req: StoreRequest) -> None:
+    """A C-STORE that took long enough for a sender's DIMSE timeout to be near: the admin sees
+    where (a locked index, a slow disk) before modalities start to abort."""
+    took = time.monotonic() - started
+    if took >= SLOW_C_STORE_S:
+        log.warning(
+            "c_store_slow",
+            association_id=req.association_id,
+            sop_instance_uid=_loggable_uid(req.affected_sop_instance_uid),
+            seconds=round(took, 2),
+        )
 
 
 def index_header(event: Event) -> Dataset:

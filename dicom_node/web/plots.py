@@ -6,6 +6,7 @@ data in that bucket: a gap in a line, nothing in a bar). Text is escaped by Jinj
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +22,7 @@ COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
 def _nice_max(value: float) -> float:
     if value <= 0:
         return 1.0
-    magnitude = 10.0 ** len(str(int(value))) / 10
+    magnitude = 10.0 ** math.floor(math.log10(value))  # below 1 too: 0.04 -> 0.05, not 1
     for step in (1, 2, 2.5, 5, 10):
         if value <= step * magnitude:
             return float(step * magnitude)
