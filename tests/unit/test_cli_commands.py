@@ -1,0 +1,191 @@
+"""Every CLI command group in process (typer's CliRunner) on an index filled with rows: what it
+prints, in text and JSON, its exit codes for what does not exist or may not be done, and the
+audit events its actions leave. The same commands in a child process against a running node
+are in tests/integration/test_cli.py and test_admin_cli.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from pydicom import config as pydicom_config
+from sqlalchemy import Engine
+from typer.testing import CliRunner
+
+from dicom_node.cli import app
+from tests.rows import add_job, add_study, events, sqlite_index
+
+STUDY = "1.2.826.0.1.3680043.8.498.77"
+RUNNING = "1.2.826.0.1.3680043.8.498.78"
+
+
+class CurrentStderr:
+    """What the node's loggers write to here: whatever ``sys.stderr`` is at the time (each
+    CliRunner run has its own, closed when the run ends; a logger caches its file)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+@pytest.fixture(autouse=True)
+def own_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The CLI configures the process's logging for its run (structlog to CliRunner's stderr,
+    the except hooks, pydicom's validation): put it all back for the tests that follow."""
+    factory = structlog.WriteLoggerFactory
+    monkeypatch.setattr(structlog, "WriteLoggerFactory", lambda file: factory(CurrentStderr()))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    hooks = (sys.excepthook, threading.excepthook)
+    validation = pydicom_config.settings.reading_validation_mode
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    sys.excepthook, threading.excepthook = hooks
+    pydicom_config.settings.reading_validation_mode = validation
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> tuple[Path, Engine]:
+    """A config file and its index: one COMPLETE study with a FAILED job, one still
+    RECEIVING; a destination PACS that nothing listens on."""
+    engine = sqlite_index(tmp_path)
+    add_study(engine, STUDY)
+    add_study(engine, RUNNING, state="RECEIVING")
+    add_job(engine, "job-failed", study_uid=STUDY, state="FAILED", error="model said no")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[storage]\nroot = "{tmp_path / "storage"}"\n'
+        f'[database]\nurl = "sqlite:///{tmp_path / "index.db"}"\n'
+        '[[destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 1\n'
+    )
+    return config, engine
+
+
+def run(config: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, [*args, "--config", str(config)], input=stdin)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_studies_list_and_show(site: tuple[Path, Engine]) -> None:
+    config, _ = site
+    code, out, _ = run(config, "studies")
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["STATE", "SERIES", "INST"]
+    assert {line.split()[-1] for line in out.splitlines()[1:]} == {STUDY, RUNNING}
+    code, out, _ = run(config, "studies", "--json")
+    assert {row["study_uid"]: row["state"] for row in json.loads(out)} == {
+        STUDY: "COMPLETE",
+        RUNNING: "RECEIVING",
+    }
+    code, out, _ = run(config, "studies", "show", STUDY)
+    assert code == 0
+    assert out.startswith(f"study {STUDY}  COMPLETE")
+    assert "job job-failed m FAILED (attempts 0)" in out
+    assert "  error: model said no" in out
+    shown = json.loads(run(config, "studies", "show", STUDY, "--json")[1])
+    assert shown["study_uid"] == STUDY and shown["jobs"][0]["job_id"] == "job-failed"
+    code, _, err = run(config, "studies", "show", "1.2.3.999")
+    assert (code, err.strip()) == (1, "no study 1.2.3.999")
+
+
+def test_study_actions_say_what_they_did_or_why_not(site: tuple[Path, Engine]) -> None:
+    config, engine = site
+    code, _, err = run(config, "studies", "force-complete", "1.2.3.999")
+    assert code == 2 and "1.2.3.999" in err
+    code, _, err = run(config, "studies", "force-complete", STUDY)
+    assert code == 1 and err.startswith("dicom-node: ")  # already COMPLETE
+    code, out, _ = run(config, "studies", "force-complete", RUNNING)
+    assert code == 0 and out.startswith(f"study {RUNNING} COMPLETE; ")
+    assert events(engine, RUNNING)[-1] == (
+        "study.completed",
+        {"from": "RECEIVING", "to": "COMPLETE", "reason": "forced"},
+    )
+
+
+def test_job_retry_and_cancel(site: tuple[Path, Engine]) -> None:
+    config, engine = site
+    code, out, _ = run(config, "jobs", "--json")
+    assert [(j["job_id"], j["state"]) for j in json.loads(out)] == [("job-failed", "FAILED")]
+    code, _, err = run(config, "jobs", "cancel", "job-failed")
+    assert code == 1 and err.startswith("dicom-node: ")  # a FAILED job is not cancellable
+    code, out, _ = run(config, "jobs", "retry", "job-failed")
+    assert (code, out.strip()) == (0, "job job-failed QUEUED")
+    assert events(engine, "job-failed")[-1][1]["reason"].startswith("retry by cli:")
+    code, out, _ = run(config, "jobs", "cancel", "job-failed")
+    assert (code, out.strip()) == (0, "job job-failed CANCELLED")
+    assert run(config, "jobs", "retry", "no-such-job")[0] == 2
+
+
+# pynetdicom drops the socket of a refused connection unclosed (closed when it is collected)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_exports_and_destinations(site: tuple[Path, Engine]) -> None:
+    config, _ = site
+    code, out, _ = run(config, "exports", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    code, _, err = run(config, "exports", "resend", "--job", "job-failed")
+    assert (code, err.strip()) == (2, "dicom-node: no exports of job-failed")
+    code, out, _ = run(config, "destinations", "--json")
+    rows = json.loads(out)
+    assert [(d["destination"], d["address"], d["circuit"]) for d in rows] == [
+        ("pacs", "PACS@127.0.0.1:1", "CLOSED")
+    ]
+    code, out, _ = run(config, "destinations", "echo", "pacs")
+    assert code == 1  # nothing listens on port 1: said so, not a traceback
+    assert out.startswith("association with PACS@127.0.0.1:1 aborted or no answer")
+
+
+def test_users_add_set_list_and_audit(site: tuple[Path, Engine]) -> None:
+    config, _ = site
+    code, out, _ = run(
+        config, "users", "add", "ada", "--role", "admin", "--password-stdin", stdin="s3cret-Pass!\n"
+    )
+    assert code == 0
+    code, _, err = run(config, "users", "add", "ada", "--password-stdin", stdin="another-Pass1\n")
+    assert code != 0 and "ada" in err
+    assert run(config, "users", "set", "ada", "--role", "viewer")[0] == 0
+    listed = json.loads(run(config, "users", "list", "--json")[1])
+    assert [(u["name"], u["role"], u["disabled"]) for u in listed] == [("ada", "viewer", False)]
+    assert "s3cret" not in json.dumps(listed)
+    code, out, _ = run(config, "audit", "--event", "user.", "--json")
+    kinds = [row["event"] for row in json.loads(out)]
+    assert "user.added" in kinds and "user.changed" in kinds
+    code, out, _ = run(config, "audit", "--csv")
+    assert out.splitlines()[0] == "id,at,event,actor,study_uid,entity_type,entity_id,details"
+    assert run(config, "audit", "--since", "yesterday")[0] == 2
+
+
+def test_config_and_db_commands(site: tuple[Path, Engine], tmp_path: Path) -> None:
+    config, _ = site
+    code, out, _ = run(config, "config", "show")
+    assert code == 0 and "pacs" in out
+    result = CliRunner().invoke(app, ["config", "env-example"])
+    assert result.exit_code == 0 and "DICOM_NODE_NODE__AE_TITLE" in result.stdout
+    assert run(config, "db", "upgrade")[0] == 0
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[node]\nport = 'eleven'\n")
+    code, _, err = run(broken, "studies")
+    assert code == 2 and err.startswith("dicom-node: ") and "port" in err
+
+
+def test_models_and_rules(site: tuple[Path, Engine]) -> None:
+    config, _ = site
+    code, out, _ = run(config, "models", "list", "--json")
+    (model,) = json.loads(out)
+    assert (code, model["name"], model["status"]) == (0, "ct-tissue", "ok")
+    assert model["labels"] == ["adipose tissue", "soft tissue", "bone", "air"]
+    code, out, _ = run(config, "rules", "test", STUDY)
+    assert (code, out.strip()) == (0, "rule ct-tissue: does not apply")  # no series in it
+    code, _, err = run(config, "rules", "test", "1.2.3.999")
+    assert (code, err.strip()) == (1, "no study 1.2.3.999")
