@@ -20,7 +20,7 @@ import sys
 import threading
 from collections.abc import MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -53,7 +53,11 @@ class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The standard library's records, rendered as the node's own JSON lines."""
 
 
-def configure(level: str = "INFO", *, json_output: bool = True) -> None:
+def configure(
+    level: str = "INFO", *, json_output: bool = True, stream: TextIO | None = None
+) -> None:
+    """Every logger of the process to ``stream`` (stderr by default)."""
+    out = stream if stream is not None else sys.stderr
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -68,10 +72,10 @@ def configure(level: str = "INFO", *, json_output: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         # one write per line (message and newline together): processes sharing a log file never
         # interleave inside a line
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    handler = _JsonHandler(sys.stderr)
+    handler = _JsonHandler(out)
     handler.addFilter(_DropDeliberateCloses())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

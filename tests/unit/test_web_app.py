@@ -1,0 +1,130 @@
+"""The admin web app in process (FastAPI's TestClient) on index rows: login and logout, roles,
+CSRF on every action, the flash round trip of a form post, JSON errors, every page and API
+route answering, and /metrics. The same app on a real pipeline's index is in
+tests/integration/test_admin_api.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from dicom_node.admin.users import Role, add_user
+from dicom_node.settings import Settings
+from dicom_node.web.app import create_app
+from tests.rows import add_job, add_study, events, sqlite_index
+
+STUDY = "1.2.826.0.1.3680043.8.498.91"
+RECEIVING = "1.2.826.0.1.3680043.8.498.92"
+PAGES = ["/", "/studies", f"/studies/{STUDY}", "/jobs", "/exports", "/audit", "/destinations"]
+APIS = ["/api/me", "/api/dashboard", "/api/studies", f"/api/studies/{STUDY}", "/api/jobs"]
+APIS += ["/api/exports", "/api/outbox", "/api/destinations", "/api/audit", "/api/audit.csv"]
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> tuple[TestClient, Engine]:
+    engine = sqlite_index(tmp_path)
+    add_study(engine, STUDY)
+    add_study(engine, RECEIVING, state="RECEIVING")
+    add_job(engine, "job-1", study_uid=STUDY, state="FAILED", error="no stack")
+    add_user(engine, "ada", "correct horse", Role.ADMIN)
+    add_user(engine, "vic", "viewer pass", Role.VIEWER)
+    settings = Settings(
+        storage={"root": str(tmp_path / "storage")},  # type: ignore[arg-type]
+        database={"url": f"sqlite:///{tmp_path / 'index.db'}"},  # type: ignore[arg-type]
+    )
+    return TestClient(create_app(settings, engine), follow_redirects=False), engine
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, "no CSRF token in the page"
+    return found.group(1)
+
+
+def login(client: TestClient, name: str, password: str) -> int:
+    token = csrf_of(client.get("/login").text)
+    data = {"name": name, "password": password, "csrf_token": token, "next": "/jobs"}
+    response = client.post("/login", data=data)
+    if response.status_code == 303:
+        assert response.headers["location"] == "/jobs"
+    else:
+        assert "Wrong name or password." in response.text
+    return response.status_code
+
+
+def test_every_page_needs_a_login_and_answers_after_it(app: tuple[TestClient, Engine]) -> None:
+    client, _ = app
+    for path in PAGES:
+        response = client.get(path)
+        assert response.status_code == 303, path
+        assert response.headers["location"].startswith("/login")
+    assert client.get("/api/studies").status_code == 401  # the API says so, no redirect
+    assert login(client, "ada", "correct horse") == 303
+    for path in PAGES + APIS:
+        response = client.get(path)
+        assert response.status_code == 200, (path, response.text[:200])
+    assert STUDY in client.get("/studies").text
+    assert client.get("/api/studies/1.2.3.999").status_code == 404
+
+
+def test_a_wrong_password_gets_the_form_again_and_no_session(
+    app: tuple[TestClient, Engine],
+) -> None:
+    client, _ = app
+    assert login(client, "ada", "wrong") == 200
+    assert login(client, "nobody", "correct horse") == 200  # the same words: no user probing
+    assert client.get("/api/me").status_code == 401
+
+
+def test_logout_ends_the_session(app: tuple[TestClient, Engine]) -> None:
+    client, _ = app
+    login(client, "ada", "correct horse")
+    token = client.get("/api/me").json()["csrf_token"]
+    assert client.post("/logout", headers={"X-CSRF-Token": token}).status_code == 303
+    assert client.get("/api/me").status_code == 401
+
+
+def test_actions_need_the_admin_role_and_the_csrf_token(app: tuple[TestClient, Engine]) -> None:
+    client, engine = app
+    login(client, "vic", "viewer pass")
+    token = client.get("/api/me").json()["csrf_token"]
+    refused = client.post("/api/jobs/job-1/retry", headers={"X-CSRF-Token": token})
+    assert refused.status_code == 403
+    assert "vic is a viewer" in refused.json()["detail"]
+    admin = TestClient(client.app, follow_redirects=False)
+    login(admin, "ada", "correct horse")
+    assert admin.post("/api/jobs/job-1/retry").status_code == 403  # no token
+    token = admin.get("/api/me").json()["csrf_token"]
+    done = admin.post("/api/jobs/job-1/retry", headers={"X-CSRF-Token": token})
+    assert done.json() == {"ok": True, "message": "Job queued again.", "result": None}
+    assert events(engine, "job-1")[-1][1]["reason"] == "retry by ada"
+    again = admin.post("/api/jobs/job-1/retry", headers={"X-CSRF-Token": token})
+    assert again.status_code == 409  # a QUEUED job is not retried
+    missing = admin.post("/api/studies/1.2.3.999/rerun", headers={"X-CSRF-Token": token})
+    assert missing.status_code == 404
+
+
+def test_a_form_post_comes_back_to_its_page_with_a_flash(app: tuple[TestClient, Engine]) -> None:
+    client, _ = app
+    login(client, "ada", "correct horse")
+    token = csrf_of(client.get(f"/studies/{RECEIVING}").text)
+    form = {"csrf_token": token, "next": f"/studies/{RECEIVING}"}
+    response = client.post(f"/api/studies/{RECEIVING}/force-complete", data=form)
+    assert (response.status_code, response.headers["location"]) == (303, f"/studies/{RECEIVING}")
+    assert "Study forced COMPLETE; its jobs are queued." in client.get(f"/studies/{RECEIVING}").text
+    form["next"] = "https://evil.example/"
+    response = client.post(f"/api/studies/{RECEIVING}/force-complete", data=form)
+    assert response.headers["location"] == "/"  # never off the site
+    flash = client.get("/").text  # the second force-complete was refused: said so
+    assert f"study {RECEIVING} is already COMPLETE; use re-run for new jobs" in flash
+
+
+def test_metrics_are_served_without_a_login_by_default(app: tuple[TestClient, Engine]) -> None:
+    client, _ = app
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert "dicom_node_studies_received_total 2.0" in response.text
