@@ -70,3 +70,35 @@ def record(
             "details": details or {},
         },
     )
+
+
+def record_transition(
+    conn: Connection,
+    event_type: AuditEventType,
+    entity: tuple[str, str],
+    *,
+    study_uid: str | None,
+    current: enum.StrEnum | None,
+    target: enum.StrEnum,
+    at: datetime,
+    reason: str,
+    actor: str = "system",
+    details: dict[str, Any] | None = None,
+) -> None:
+    """One state machine's move (``entity`` is its type and id): from, to and why, with the
+    caller's ``details`` after them."""
+    record(
+        conn,
+        event_type,
+        study_uid=study_uid,
+        entity_type=entity[0],
+        entity_id=entity[1],
+        actor=actor,
+        at=at,
+        details={
+            "from": current and str(current),
+            "to": str(target),
+            "reason": reason,
+            **(details or {}),
+        },
+    )

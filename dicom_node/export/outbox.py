@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
-from dicom_node.audit.recorder import AuditEventType, record
+from dicom_node.audit.recorder import AuditEventType, record, record_transition
 from dicom_node.db.models import DestinationCircuit, Export, Job, utcnow
 from dicom_node.db.session import insert_ignore
 from dicom_node.domain import (
@@ -111,20 +111,17 @@ def _audit(
     details: dict[str, Any] | None = None,
     event: AuditEventType | None = None,
 ) -> None:
-    record(
+    record_transition(
         conn,
         event or _AUDIT[target],
+        ("export", export_id),
         study_uid=study_uid,
-        entity_type="export",
-        entity_id=export_id,
-        actor=actor,
+        current=current,
+        target=target,
         at=at,
-        details={
-            "from": current and str(current),
-            "to": str(target),
-            "reason": reason,
-            **(details or {}),
-        },
+        reason=reason,
+        actor=actor,
+        details=details,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, or_, select, update
 
-from dicom_node.audit.recorder import AuditEventType, record
+from dicom_node.audit.recorder import AuditEventType, record_transition
 from dicom_node.db.models import Instance, Job, Series, utcnow
 from dicom_node.db.session import insert_ignore
 from dicom_node.domain import JOB_TRANSITIONS, JobState, check_transition
@@ -222,20 +222,17 @@ def _audit(
     event = _AUDIT[target]
     if current is JobState.RUNNING and target is JobState.QUEUED:
         event = AuditEventType.JOB_REQUEUED
-    record(
+    record_transition(
         conn,
         event,
+        ("job", job_id),
         study_uid=study_uid,
-        entity_type="job",
-        entity_id=job_id,
-        actor=actor,
+        current=current,
+        target=target,
         at=at,
-        details={
-            "from": current and str(current),
-            "to": str(target),
-            "reason": reason,
-            **(details or {}),
-        },
+        reason=reason,
+        actor=actor,
+        details=details,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, update
 
-from dicom_node.audit.recorder import AuditEventType, record
+from dicom_node.audit.recorder import AuditEventType, record_transition
 from dicom_node.db.models import Study
 from dicom_node.domain import STUDY_TRANSITIONS, StudyState, check_transition
 
@@ -47,14 +47,16 @@ def transition_study(
     )
     if result.rowcount != 1:
         return False
-    record(
+    record_transition(
         conn,
         _AUDIT[target],
+        ("study", study_uid),
         study_uid=study_uid,
-        entity_type="study",
-        entity_id=study_uid,
-        actor=actor,
+        current=current,
+        target=target,
         at=at,
-        details={"from": str(current), "to": str(target), "reason": reason, **(details or {})},
+        reason=reason,
+        actor=actor,
+        details=details,
     )
     return True
