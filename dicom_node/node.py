@@ -78,15 +78,7 @@ def job_maker(settings: Settings) -> OnComplete:
     """What happens when a study completes: its jobs are made, in the same transaction."""
 
     def make(conn: Connection, study_id: int, study_uid: str, at: datetime) -> list[str]:
-        return create_jobs(
-            conn,
-            study_id=study_id,
-            study_uid=study_uid,
-            rules=settings.rules,
-            settings=settings.jobs,
-            storage_root=settings.storage.root,
-            at=at,
-        )
+        return create_jobs(conn, settings, (study_id, study_uid), at=at)
 
     return make
 

@@ -41,29 +41,6 @@ def _study(conn: Connection, study_uid: str) -> Row[int, str]:
     return row
 
 
-def _jobs(
-    conn: Connection,
-    settings: Settings,
-    study: tuple[int, str],
-    *,
-    at: datetime,
-    actor: str,
-    rerun: bool = False,
-) -> list[str]:
-    """The rules' jobs for ``study`` (id, UID), as if it completed at ``at``."""
-    return create_jobs(
-        conn,
-        study_id=study[0],
-        study_uid=study[1],
-        rules=settings.rules,
-        settings=settings.jobs,
-        storage_root=settings.storage.root,
-        at=at,
-        actor=actor,
-        rerun=rerun,
-    )
-
-
 def force_complete(engine: Engine, settings: Settings, study_uid: str, actor: str) -> list[str]:
     """A study still receiving is made COMPLETE now (its jobs are made); returns the job ids."""
     now = utcnow()
@@ -81,7 +58,7 @@ def force_complete(engine: Engine, settings: Settings, study_uid: str, actor: st
             reason="forced",
             actor=actor,
         )
-        jobs = _jobs(conn, settings, (row.id, study_uid), at=now, actor=actor)
+        jobs = create_jobs(conn, settings, (row.id, study_uid), at=now, actor=actor)
     log.info("study_force_completed", study_uid=study_uid, actor=actor, jobs=jobs)
     return jobs
 
@@ -93,7 +70,7 @@ def rerun(engine: Engine, settings: Settings, study_uid: str, actor: str) -> lis
         row = _study(conn, study_uid)
         if row.state != StudyState.COMPLETE:
             raise ActionError(f"study {study_uid} is {row.state}: force-complete it first")
-        jobs = _jobs(conn, settings, (row.id, study_uid), at=now, actor=actor, rerun=True)
+        jobs = create_jobs(conn, settings, (row.id, study_uid), at=now, actor=actor, rerun=True)
     if not jobs:
         raise ActionError(f"no rule applies to study {study_uid}: nothing to run")
     log.info("study_rerun", study_uid=study_uid, actor=actor, jobs=jobs)

@@ -12,7 +12,6 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, or_, select, update
@@ -24,7 +23,7 @@ from dicom_node.domain import JOB_TRANSITIONS, JobState, check_transition
 from dicom_node.jobs.facts import study_stack_facts
 from dicom_node.jobs.rules import RuleOutcome, SeriesFacts, evaluate
 from dicom_node.results import JobSummary, ResultObject
-from dicom_node.settings import DestinationSettings, JobSettings, RuleSettings
+from dicom_node.settings import DestinationSettings, JobSettings, Settings
 
 PRIORITY = {"stat": 0, "routine": 1}
 _AUDIT = {
@@ -91,12 +90,9 @@ def _stack_column(outcome: RuleOutcome, key: str) -> dict[str, Any] | None:
 
 def create_jobs(
     conn: Connection,
+    node: Settings,
+    study: tuple[int, str],
     *,
-    study_id: int,
-    study_uid: str,
-    rules: Sequence[RuleSettings],
-    settings: JobSettings,
-    storage_root: Path,
     at: datetime,
     actor: str = "system",
     rerun: bool = False,
@@ -104,11 +100,13 @@ def create_jobs(
     """QUEUED jobs for every (rule, model, chosen stack); none twice for the same input, unless
     an admin asks for a ``rerun``. A stack the rule matched but that cannot be one volume gets
     a job made FAILED at once with the refusal, so it shows in ``jobs``, the timeline and the
-    audit log; only the QUEUED ones are returned (to be enqueued after the commit)."""
-    facts = study_stack_facts(conn, study_uid, storage_root) or []
+    audit log; only the QUEUED ones are returned (to be enqueued after the commit). ``study``
+    is its row id and Study Instance UID."""
+    (study_id, study_uid), settings = study, node.jobs
+    facts = study_stack_facts(conn, study_uid, node.storage.root) or []
     by_key = {f.key: f for f in facts}
     created = []
-    for outcome in evaluate(rules, facts):
+    for outcome in evaluate(node.rules, facts):
         for key in (*outcome.chosen, *outcome.refused):
             candidate = by_key[key]
             sops = _input(conn, candidate)
