@@ -5,6 +5,7 @@ are in tests/integration/test_cli.py and test_admin_cli.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -14,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import structlog
+import typer
 from pydicom import config as pydicom_config
 from sqlalchemy import Engine
 from typer.testing import CliRunner
 
-from dicom_node.cli import app
+from dicom_node.admin.actions import ActionError, NotFoundError
+from dicom_node.cli import app, common
 from tests.rows import add_job, add_study, events, sqlite_index
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -189,3 +192,35 @@ def test_models_and_rules(site: tuple[Path, Engine]) -> None:
     assert (code, out.strip()) == (0, "rule ct-tissue: does not apply")  # no series in it
     code, _, err = run(config, "rules", "test", "1.2.3.999")
     assert (code, err.strip()) == (1, "no study 1.2.3.999")
+
+
+def test_rows_become_json_and_actions_exit_with_their_kind(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    @dataclasses.dataclass
+    class Row:
+        uid: str
+        parts: tuple[int, ...]
+
+    assert common.to_json([Row("1.2", (1, 2))]) == [{"uid": "1.2", "parts": (1, 2)}]
+    common.emit([Row("1.2", ())], True, lambda r: [r.uid])
+    assert json.loads(capsys.readouterr().out) == [{"uid": "1.2", "parts": []}]
+    common.emit([Row("1.2", ()), Row("1.3", ())], False, lambda r: [r.uid], header="UID")
+    assert capsys.readouterr().out.splitlines() == ["UID", "1.2", "1.3"]
+
+    def missing() -> None:
+        raise NotFoundError("no study 9.9")
+
+    def refused() -> None:
+        raise ActionError("job j is DONE")
+
+    for do, code in ((missing, 2), (refused, 1)):
+        with pytest.raises(typer.Exit) as caught:
+            common.run_action(do)
+        assert caught.value.exit_code == code
+    assert capsys.readouterr().err.splitlines() == [
+        "dicom-node: no study 9.9",
+        "dicom-node: job j is DONE",
+    ]
+    assert common.run_action(lambda: 7) == 7
+    assert common.actor().startswith("cli")

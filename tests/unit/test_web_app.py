@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from dicom_node.admin.users import Role, add_user
 from dicom_node.settings import Settings
 from dicom_node.web.app import create_app
+from dicom_node.web.routes import actions, api, metrics, pages
 from tests.rows import add_job, add_study, events, sqlite_index
 
 STUDY = "1.2.826.0.1.3680043.8.498.91"
@@ -128,3 +129,53 @@ def test_metrics_are_served_without_a_login_by_default(app: tuple[TestClient, En
     response = client.get("/metrics")
     assert response.status_code == 200
     assert "dicom_node_studies_received_total 2.0" in response.text
+
+
+def get_routes() -> list[str]:
+    """Every GET path of the pages and the API, with a study UID for its parameter."""
+    paths = [r.path for r in (*pages.router.routes, *api.router.routes) if "GET" in r.methods]
+    return [p.replace("{study_uid}", STUDY) for p in paths]
+
+
+def test_every_page_and_api_route_is_behind_the_login(app: tuple[TestClient, Engine]) -> None:
+    client, _ = app
+    routes = get_routes()
+    assert len(routes) >= 20
+    for path in routes:
+        status = client.get(path).status_code
+        assert status in (303, 401), (path, status)  # a page redirects, the API says 401
+    login(client, "vic", "viewer pass")
+    for path in routes:
+        assert client.get(path).status_code == 200, path  # a viewer reads everything
+
+
+@pytest.mark.parametrize("action", actions.ACTIONS, ids=lambda a: a.name)
+def test_every_action_needs_an_admin_and_the_csrf_token(
+    app: tuple[TestClient, Engine], action: actions.Action
+) -> None:
+    client, _ = app
+    path = "/api" + action.path.replace("{key}", "no-such-thing")
+    assert client.post(path).status_code == 403  # no session, no token
+    login(client, "vic", "viewer pass")
+    token = client.get("/api/me").json()["csrf_token"]
+    assert client.post(path).status_code == 403  # no token
+    viewer = client.post(path, headers={"X-CSRF-Token": token})
+    assert viewer.status_code == 403 and "acting needs the admin role" in viewer.json()["detail"]
+    admin = TestClient(client.app, follow_redirects=False)
+    login(admin, "ada", "correct horse")
+    token = admin.get("/api/me").json()["csrf_token"]
+    assert admin.post(path, headers={"X-CSRF-Token": token}).status_code == 404  # nothing there
+
+
+def test_metrics_take_a_bearer_token_when_one_is_set(tmp_path: Path) -> None:
+    engine = sqlite_index(tmp_path)
+    settings = Settings(
+        storage={"root": str(tmp_path / "storage")},  # type: ignore[arg-type]
+        admin={"metrics_token": "s3cret-token"},  # type: ignore[arg-type]
+    )
+    client = TestClient(create_app(settings, engine))
+    assert metrics.router.routes[0].path == "/metrics"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    ok = client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+    assert ok.status_code == 200 and "dicom_node_queue_depth" in ok.text
