@@ -24,7 +24,11 @@ from dicom_node.cli import (
     users,
 )
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+# rich_markup_mode=None in every group: help prints as written. Rich markup would read the
+# config's own names ("[models] root", "[[rules]]") as style tags and drop them.
+app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0]
+)
 app.command()(node.serve)
 app.command()(node.echo)
 app.command()(node.worker)

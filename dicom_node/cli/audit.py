@@ -11,7 +11,7 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(help="The audit log: every state change and admin action.")
+app = typer.Typer(rich_markup_mode=None, help="The audit log: every state change and admin action.")
 
 
 @app.callback(invoke_without_command=True)

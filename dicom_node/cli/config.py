@@ -12,7 +12,7 @@ from dicom_node.cli.common import (
 )
 from dicom_node.settings import masked
 
-app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Inspect the configuration.")
 
 
 @app.command("show")

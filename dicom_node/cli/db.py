@@ -13,7 +13,7 @@ from dicom_node.cli.common import (
     settings_for,
 )
 
-app = typer.Typer(no_args_is_help=True, help="The index database.")
+app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="The index database.")
 
 
 @app.command("upgrade")

@@ -10,7 +10,10 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(help="Result destinations (the [[destinations]] tables) and their circuits.")
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="Result destinations (the [[destinations]] tables) and their circuits.",
+)
 
 
 @app.callback(invoke_without_command=True)

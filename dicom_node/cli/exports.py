@@ -11,7 +11,7 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(help="The export outbox: result objects x destinations.")
+app = typer.Typer(rich_markup_mode=None, help="The export outbox: result objects x destinations.")
 
 
 @app.callback(invoke_without_command=True)

@@ -10,7 +10,7 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(help="Inference jobs: list, retry, cancel.")
+app = typer.Typer(rich_markup_mode=None, help="Inference jobs: list, retry, cancel.")
 
 
 @app.callback(invoke_without_command=True)

@@ -11,7 +11,9 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(no_args_is_help=True, help="Model plug-ins ([models] root).")
+app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Model plug-ins ([models] root)."
+)
 
 
 @app.command("list")

@@ -40,7 +40,7 @@ def echo(
 def worker(
     queues: Annotated[str, typer.Option("-Q", "--queues", help="gpu, io or both: gpu,io")] = "gpu",
     concurrency: Annotated[
-        int, typer.Option("-c", "--concurrency", help="pool processes (one per GPU)")
+        int, typer.Option("--concurrency", "-n", help="pool processes (one per GPU)")
     ] = 1,
     config: ConfigOption = None,
 ) -> None:

@@ -13,7 +13,9 @@ from dicom_node.cli.common import (
     settings_for,
 )
 
-app = typer.Typer(no_args_is_help=True, help="Routing rules ([[rules]] in the config).")
+app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Routing rules ([[rules]] in the config)."
+)
 
 
 @app.command("test")

@@ -10,7 +10,7 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(help="Studies in the index (no patient names).")
+app = typer.Typer(rich_markup_mode=None, help="Studies in the index (no patient names).")
 
 
 @app.callback(invoke_without_command=True)

@@ -16,7 +16,9 @@ from dicom_node.cli.common import (
     settings_for,
 )
 
-app = typer.Typer(no_args_is_help=True, help="Admin UI/API accounts (admin or viewer).")
+app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Admin UI/API accounts (admin or viewer)."
+)
 
 
 @app.command("add")

@@ -12,16 +12,29 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 import typer
 from pydicom import config as pydicom_config
 from sqlalchemy import Engine
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from dicom_node.admin.actions import ActionError, NotFoundError
 from dicom_node.cli import app, common
+from dicom_node.cli import audit as cli_audit
+from dicom_node.cli import config as cli_config
+from dicom_node.cli import db as cli_db
+from dicom_node.cli import destinations as cli_destinations
+from dicom_node.cli import exports as cli_exports
+from dicom_node.cli import jobs as cli_jobs
+from dicom_node.cli import models as cli_models
+from dicom_node.cli import node as cli_node
+from dicom_node.cli import rules as cli_rules
+from dicom_node.cli import studies as cli_studies
+from dicom_node.cli import users as cli_users
 from tests.rows import add_job, add_study, events, sqlite_index
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
@@ -224,3 +237,45 @@ def test_rows_become_json_and_actions_exit_with_their_kind(
     ]
     assert common.run_action(lambda: 7) == 7
     assert common.actor().startswith("cli")
+
+
+GROUPS = {
+    "audit": cli_audit, "config": cli_config, "db": cli_db, "destinations": cli_destinations,
+    "exports": cli_exports, "jobs": cli_jobs, "models": cli_models, "rules": cli_rules,
+    "studies": cli_studies, "users": cli_users,
+}  # fmt: skip
+
+
+def commands(group: TyperGroup, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if isinstance(command, TyperGroup):
+            yield from commands(command, (*path, name))
+
+
+def test_every_group_module_is_mounted_under_its_name() -> None:
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    for name, module in GROUPS.items():
+        mounted = root.commands[name]
+        assert isinstance(mounted, TyperGroup)
+        assert mounted.help == module.app.info.help  # type: ignore[attr-defined]
+    assert {"serve", "worker", "echo"} <= set(root.commands)
+    assert cli_node.serve.__doc__
+
+
+def test_every_commands_help_prints_as_written_with_distinct_flags() -> None:
+    root = typer.main.get_command(app)
+    assert isinstance(root, TyperGroup)
+    for path in commands(root):
+        command: Any = root
+        for name in path:
+            assert isinstance(command, TyperGroup)
+            command = command.commands[name]
+        result = CliRunner().invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, path
+        first = "".join((command.help or "").split("\n\n")[0].split())  # wrapping aside
+        assert first, f"{' '.join(path)} has no help text"
+        assert first in "".join(result.stdout.split()), (path, command.help)
+        flags = [f for p in command.params for f in getattr(p, "opts", []) if f.startswith("-")]
+        assert len(flags) == len(set(flags)), (path, flags)
