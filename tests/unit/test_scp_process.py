@@ -1,7 +1,8 @@
 """One SCP process's wiring (``dicom_node.receive.scp.build_scp``) served from a thread of the
 test, with real pynetdicom SCUs on loopback: C-ECHO, a C-STORE of a real slice stored and
 indexed, an unknown calling AE rejected, and TLS off unless a certificate is configured. The
-index migrations (``dicom_node.db.migrate``) run twice without change."""
+index migrations (``dicom_node.db.migrate``) run twice without change, and the one
+dialect-aware statement (``insert_ignore``) answers alike on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from pydicom import dcmread
 from sqlalchemy import create_engine, func, inspect, select
 
 from dicom_node.db.migrate import alembic_config, upgrade
-from dicom_node.db.models import Instance
+from dicom_node.db.models import DestinationCircuit, Instance
+from dicom_node.db.session import insert_ignore, make_engine
+from dicom_node.receive import handlers
 from dicom_node.receive.echo import c_echo
 from dicom_node.receive.scp import Scp, build_scp
 from dicom_node.receive.tls import server_context
@@ -74,3 +77,39 @@ def test_migrations_run_twice_without_change(tmp_path: Path) -> None:
     # a password with % in the URL survives Alembic's config interpolation
     cfg = alembic_config("postgresql://u:p%40ss@host/db")
     assert cfg.get_main_option("sqlalchemy.url") == "postgresql://u:p%40ss@host/db"
+
+
+class Recorded:
+    """The handlers' logger, recording (a seam: the event names, not the JSON)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, object]]] = []
+
+    def __getattr__(self, level: str) -> object:
+        return lambda event, **kw: self.events.append((event, kw))
+
+
+def test_a_slow_c_store_is_logged_with_its_seconds(
+    scp: Scp, ct_slice: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = Recorded()
+    monkeypatch.setattr(handlers, "log", recorded)
+    monkeypatch.setattr(handlers, "SLOW_C_STORE_S", 0.0)  # every C-STORE is "slow" now
+    assert send_datasets(port_of(scp), [dcmread(ct_slice)]) == [0]
+    slow = [kw for event, kw in recorded.events if event == "c_store_slow"]
+    assert len(slow) == 1
+    assert float(slow[0]["seconds"]) >= 0  # type: ignore[arg-type]
+    assert slow[0]["sop_instance_uid"] == dcmread(ct_slice, stop_before_pixels=True).SOPInstanceUID
+
+
+def test_insert_ignore_says_whether_it_inserted(tmp_path: Path, pg_url: str) -> None:
+    for url in (f"sqlite:///{tmp_path / 'ignore.db'}", pg_url):
+        upgrade(url)
+        engine = make_engine(url)
+        row = {"destination": "pacs", "state": "CLOSED", "failures": 0}
+        with engine.begin() as conn:
+            assert insert_ignore(conn, DestinationCircuit, row) is True
+            assert insert_ignore(conn, DestinationCircuit, {**row, "state": "OPEN"}) is False
+        with engine.connect() as conn:
+            assert conn.execute(select(DestinationCircuit.state)).scalars().all() == ["CLOSED"]
+        engine.dispose()
