@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,17 +27,25 @@ from tests.helpers import NODE_AE, node_settings, send_datasets
 from tests.rows import sqlite_index
 
 
+@contextmanager
+def serving(tmp_path: Path, **sections: object) -> Iterator[Scp]:
+    """``build_scp`` on a migrated index, served from a thread until the block ends."""
+    sqlite_index(tmp_path)
+    built = build_scp(node_settings(tmp_path, **sections))
+    thread = threading.Thread(target=built.server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.start()
+    try:
+        yield built
+    finally:
+        built.server.shutdown()
+        built.server.server_close()
+        thread.join(timeout=5)
+
+
 @pytest.fixture
 def scp(tmp_path: Path) -> Iterator[Scp]:
-    sqlite_index(tmp_path)
-    settings = node_settings(tmp_path, security={"allowed_calling_aes": ["TESTSCU"]})
-    built = build_scp(settings)
-    serving = threading.Thread(target=built.server.serve_forever, kwargs={"poll_interval": 0.1})
-    serving.start()
-    yield built
-    built.server.shutdown()
-    built.server.server_close()
-    serving.join(timeout=5)
+    with serving(tmp_path, security={"allowed_calling_aes": ["TESTSCU"]}) as built:
+        yield built
 
 
 def port_of(scp: Scp) -> int:
@@ -113,3 +122,23 @@ def test_insert_ignore_says_whether_it_inserted(tmp_path: Path, pg_url: str) -> 
         with engine.connect() as conn:
             assert conn.execute(select(DestinationCircuit.state)).scalars().all() == ["CLOSED"]
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("sections", "reason"),
+    [
+        ({"security": {"allowed_hosts": ["10.0.0.0/8"]}}, "Rejected Permanent, Service User"),
+        (
+            {"storage": {"min_free_mb": 10**9}},
+            "Rejected Transient, Service Provider (Presentation)",
+        ),
+    ],
+    ids=["host not allowed", "disk reserve reached"],
+)
+def test_a_peer_is_rejected_before_any_c_store(
+    tmp_path: Path, sections: dict[str, object], reason: str
+) -> None:
+    with serving(tmp_path, **sections) as built:
+        refused = c_echo("127.0.0.1", port_of(built), NODE_AE, calling_ae="TESTSCU")
+    assert not refused.ok
+    assert refused.message.startswith(f"association rejected: {reason}")

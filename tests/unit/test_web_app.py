@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from dicom_node.admin.users import Role, add_user
+from dicom_node.admin.users import FREE_FAILURES, Role, add_user
 from dicom_node.settings import Settings
-from dicom_node.web.app import create_app
+from dicom_node.web.app import SESSION_COOKIE, create_app
 from dicom_node.web.routes import actions, api, metrics, pages
 from tests.rows import add_job, add_study, events, sqlite_index
 
@@ -179,3 +179,33 @@ def test_metrics_take_a_bearer_token_when_one_is_set(tmp_path: Path) -> None:
     assert client.get("/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     ok = client.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status_code == 200 and "dicom_node_queue_depth" in ok.text
+
+
+def test_repeated_failures_are_throttled_with_retry_after(app: tuple[TestClient, Engine]) -> None:
+    client, engine = app
+    for _ in range(FREE_FAILURES):
+        assert login(client, "ada", "guess") == 200
+    token = csrf_of(client.get("/login").text)
+    data = {"name": "ada", "password": "correct horse", "csrf_token": token, "next": "/"}
+    held = client.post("/login", data=data)  # even the right password waits now
+    assert held.status_code == 429
+    assert int(held.headers["Retry-After"]) >= 1
+    assert "Too many failed logins for this name from here" in held.text
+    assert client.get("/api/me").status_code == 401
+    other = TestClient(client.app, follow_redirects=False)
+    assert login(other, "vic", "viewer pass") == 303  # another name is not held back
+    failed = [t for t, _ in events(engine, "ada") if t == "user.login_failed"]
+    assert len(failed) == FREE_FAILURES
+
+
+def test_a_login_starts_a_new_session_and_token(app: tuple[TestClient, Engine]) -> None:
+    client, _ = app
+    before = csrf_of(client.get("/login").text)
+    cookie = client.cookies.get(SESSION_COOKIE)
+    login(client, "ada", "correct horse")
+    after = client.get("/api/me").json()
+    assert after["csrf_token"] != before  # a token seen before login is worth nothing after
+    assert client.cookies.get(SESSION_COOKIE) != cookie
+    assert after["name"] == "ada" and after["role"] == "admin"
+    stale = client.post("/api/jobs/job-1/retry", headers={"X-CSRF-Token": before})
+    assert stale.status_code == 403
