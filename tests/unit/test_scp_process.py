@@ -142,3 +142,20 @@ def test_a_peer_is_rejected_before_any_c_store(
         refused = c_echo("127.0.0.1", port_of(built), NODE_AE, calling_ae="TESTSCU")
     assert not refused.ok
     assert refused.message.startswith(f"association rejected: {reason}")
+
+
+def test_the_c_store_path_logs_uids_and_never_the_patient(
+    scp: Scp, ct_slice: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = Recorded()
+    monkeypatch.setattr(handlers, "log", recorded)
+    ds = dcmread(ct_slice)
+    ds.PatientName, ds.PatientID = "Quibbleworth^Ottoline", "PHI-88231977"
+    ds.AccessionNumber = "ACC-5521-XY"
+    assert send_datasets(port_of(scp), [ds]) == [0]
+    said = repr(recorded.events)
+    assert recorded.events, "the handlers logged nothing"
+    for phi in ("Quibbleworth", "PHI-88231977", "ACC-5521-XY"):
+        assert phi not in said
+    ended = recorded.events[-1][1]  # per association: who, how it ended, and counts
+    assert (ended["calling_ae"], ended["stored"], ended["failed"]) == ("TESTSCU", 1, 0)

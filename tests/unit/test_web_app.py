@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from dicom_node.admin.users import FREE_FAILURES, Role, add_user
 from dicom_node.settings import Settings
+from dicom_node.web import app as web_app
 from dicom_node.web.app import SESSION_COOKIE, create_app
 from dicom_node.web.routes import actions, api, metrics, pages
 from tests.rows import add_job, add_study, events, sqlite_index
@@ -209,3 +210,31 @@ def test_a_login_starts_a_new_session_and_token(app: tuple[TestClient, Engine]) 
     assert after["name"] == "ada" and after["role"] == "admin"
     stale = client.post("/api/jobs/job-1/retry", headers={"X-CSRF-Token": before})
     assert stale.status_code == 403
+
+
+def test_every_response_has_the_security_headers_and_logs_no_query(
+    app: tuple[TestClient, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, _ = app
+    logged: list[dict[str, object]] = []
+
+    class Log:
+        def info(self, event: str, **values: object) -> None:
+            logged.append({"event": event, **values})
+
+    monkeypatch.setattr(web_app, "log", Log())
+    login(client, "ada", "correct horse")
+    logged.clear()
+    for path in ("/studies?accession=ACC-5521-XY", "/api/studies", "/static/admin.css"):
+        response = client.get(path)
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Security-Policy"] == web_app.CSP
+        no_store = response.headers.get("Cache-Control") == "no-store"
+        assert no_store is (not path.startswith("/static/")), path
+    assert [(e["path"], e["status"], e["user"]) for e in logged] == [
+        ("/studies", 200, "ada"),
+        ("/api/studies", 200, "ada"),
+        ("/static/admin.css", 200, None),
+    ]
+    assert "ACC-5521-XY" not in repr(logged)  # what an admin typed stays out of the log

@@ -123,6 +123,16 @@ def _orientation(ds: Dataset, frame_number: int) -> tuple[str, str]:
     return letters(v[:3]), letters(v[3:])
 
 
+def _source_item(ds: Dataset, frame_number: int) -> Dataset:
+    """The source frame a key image shows (General Image module, Source Image Sequence)."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    if frame_number:
+        item.ReferencedFrameNumber = frame_number
+    return item
+
+
 def build_key_images(
     sources: Mapping[str, Dataset],
     paths: Mapping[str, Path],
@@ -166,6 +176,7 @@ def build_key_images(
         sc.Laterality = getattr(ds, "Laterality", "")
         sc.BurnedInAnnotation = "YES"
         sc.ImageType = ["DERIVED", "SECONDARY"]
+        sc.SourceImageSequence = [_source_item(ds, frame)]  # a viewer can open the frame itself
         stamp(sc, at)
         images.append(sc)
     return images
