@@ -44,6 +44,7 @@ def run_job(job_id: str) -> str | None:
 
 
 def build_app() -> Celery:
+    """The worker's Celery app with ``run_job`` registered, from the environment's settings."""
     worker_process_init.connect(_warm_up, weak=False)
     app = make_celery(load_settings())
     app.task(name=RUN_JOB)(run_job)

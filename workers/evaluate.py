@@ -60,6 +60,8 @@ class Counts:
         self.reference_ml += float((ref.reshape(len(ref), -1).sum(axis=1) * slice_ml).sum())
 
     def metrics(self) -> dict[str, float | int | None]:
+        """Dice, sensitivity, specificity and the volumes, rounded (``None`` where undefined)."""
+
         def ratio(a: int, b: int) -> float | None:
             return round(a / b, 4) if b else None
 
@@ -168,6 +170,8 @@ def reference_from_seg(path: Path, volume: Volume, manifest: Manifest) -> np.nda
 
 
 def teacher(manifest: Manifest) -> Callable[[np.ndarray, tuple[float, float, float]], np.ndarray]:
+    """The model's classical labeler (``teacher`` in its manifest), the reference when no SEG is
+    given."""
     if manifest.teacher is None:
         raise EvaluationError(
             f"model {manifest.name!r} names no classical labeler (teacher): give --reference"
@@ -182,6 +186,7 @@ def evaluate(
     *,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
+    """Run ``model`` on every case and compare with its reference: per case and pooled per label."""
     manifest = model.manifest
     labeler = teacher(manifest) if references is None else None
     pooled = {lb.value: Counts() for lb in manifest.labels}
@@ -230,6 +235,8 @@ def evaluate(
 
 
 def table(report: dict[str, Any]) -> str:
+    """The report as the text table ``models evaluate`` prints."""
+
     def fmt(value: Any, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
@@ -285,6 +292,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Write the report as ``evaluation.json`` and ``evaluation.png`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "evaluation.json", out / "evaluation.png"
     json_path.write_text(json.dumps(report, indent=1) + "\n")

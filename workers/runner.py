@@ -39,6 +39,7 @@ class JobTimeLimitError(Permanent):
 
 
 def worker_name(kind: str) -> str:
+    """The name a worker claims jobs under: kind, pid and host."""
     return f"{kind}-{os.getpid()}@{socket.gethostname()}"[:128]
 
 
@@ -74,6 +75,7 @@ class JobRecord:
 
     @classmethod
     def read(cls, engine: Engine, job_id: str) -> JobRecord:
+        """The job's row, read once after the claim."""
         with engine.connect() as conn:
             job = conn.execute(select(Job).where(Job.id == job_id)).one()
         return cls(
@@ -88,6 +90,7 @@ class JobRecord:
 
 
 def job_input(engine: Engine, job: JobRecord, settings: Settings) -> JobInput:
+    """The pipeline's input for ``job``: its series' stored files and its rule's settings."""
     storage_root = settings.storage.root
     with engine.connect() as conn:
         rows = conn.execute(
@@ -140,6 +143,7 @@ class Heartbeat(Loop):
         self.lost = False
 
     def beat(self) -> None:
+        """Extend the lease; stop beating once it was lost."""
         if not heartbeat(self.ctx.engine, self.job_id, self.worker, self.ctx.settings.jobs):
             self.lost = True
             log.warning("job_lease_lost", job_id=self.job_id, worker=self.worker)

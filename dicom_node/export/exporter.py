@@ -55,6 +55,7 @@ class DestinationSender(Loop):
         return True
 
     def send(self, batch: Sequence[Export]) -> None:
+        """C-STORE one job's claimed rows on one association and record each outcome."""
         job_id = batch[0].job_id
         failure = ""
         outcomes: dict[str, Outcome] = {
@@ -110,14 +111,17 @@ class Exporter:
         self.senders = [DestinationSender(engine, settings, d) for d in settings.destinations]
 
     def start(self) -> None:
+        """Start every destination's sender."""
         for sender in self.senders:
             sender.start()
 
     def wake(self) -> None:
+        """Have every sender look at its outbox now."""
         for sender in self.senders:
             sender.wake()
 
     def stop(self) -> None:
+        """Stop every sender and wait for them."""
         for sender in self.senders:
             sender.stop()
         for sender in self.senders:

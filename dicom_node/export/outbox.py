@@ -138,6 +138,8 @@ def transition_export(
     actor: str = "system",
     event: AuditEventType | None = None,
 ) -> bool:
+    """Move one outbox row from ``current`` to ``target`` if it is still there, audited; ``False``
+    if not."""
     check_transition(EXPORT_TRANSITIONS, current, target)
     row = conn.execute(
         update(Export)
@@ -414,6 +416,7 @@ def resend(
 
 
 def circuit(engine: Engine, destination: str) -> DestinationCircuit:
+    """The destination's circuit row (made CLOSED when it has none)."""
     with engine.begin() as conn:
         insert_ignore(
             conn,
@@ -461,6 +464,7 @@ def association_failed(engine: Engine, dest: DestinationSettings, error: str) ->
 
 
 def association_ok(engine: Engine, destination: str) -> None:
+    """An association worked: the destination's failure count starts again."""
     with engine.begin() as conn:
         conn.execute(
             update(DestinationCircuit)

@@ -92,6 +92,7 @@ def associate(
 
 
 def classify(status: int | None, comment: str = "") -> Outcome:
+    """What a C-STORE status means for the outbox: delivered, worth retrying, or refused."""
     if status is None:
         return Outcome(False, True, None, "no C-STORE response (timeout or abort)")
     if status == statuses.SUCCESS:

@@ -28,6 +28,7 @@ IO_QUEUE = "io"
 
 
 def make_celery(settings: Settings) -> Celery:
+    """The Celery app on ``[queue] broker_url``; a ``ValueError`` in embedded mode."""
     if settings.queue.broker_url is None:
         raise ValueError("no [queue] broker_url: the node is in embedded mode")
     app = Celery(
@@ -38,6 +39,7 @@ def make_celery(settings: Settings) -> Celery:
 
 
 def celery_options(settings: Settings) -> dict[str, Any]:
+    """Celery's configuration for the node's jobs (see the module docstring)."""
     jobs, queue = settings.jobs, settings.queue
     return {
         "task_serializer": "json",

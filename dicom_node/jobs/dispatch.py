@@ -74,6 +74,8 @@ class Dispatcher(Loop):
 
 
 def celery_publisher(settings: Settings) -> Publish:
+    """A publisher of job ids to the Celery queue; ``BrokerUnavailableError`` when the broker is
+    down (the reconciler sends again)."""
     from kombu.exceptions import KombuError  # noqa: PLC0415
     from redis.exceptions import RedisError  # noqa: PLC0415
 

@@ -39,6 +39,7 @@ IDLE_POLL_S = 0.5
 
 
 def embedded_name(pid: int) -> str:
+    """The worker name an embedded child claims jobs under."""
     return f"{PREFIX}{pid}@{socket.gethostname()}"[:128]
 
 
@@ -94,6 +95,8 @@ class EmbeddedWorkers:
         return proc
 
     def start(self) -> None:
+        """Requeue what this host's workers left RUNNING, then spawn the children; without torch,
+        none (jobs stay QUEUED for a worker that can run them)."""
         if importlib.util.find_spec("torch") is None:
             log.error(
                 "embedded_inference_disabled",
@@ -145,6 +148,7 @@ class EmbeddedWorkers:
             return list(conn.execute(query).scalars())
 
     def stop(self) -> None:
+        """Terminate the children and wait for them."""
         for child in self.children:
             child.terminate()
         for child in self.children:

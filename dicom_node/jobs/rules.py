@@ -183,6 +183,8 @@ def _geometry(rule: RuleSettings, s: SeriesFacts) -> tuple[str | None, str | Non
 
 
 def evaluate(rules: Sequence[RuleSettings], series: Sequence[SeriesFacts]) -> list[RuleOutcome]:
+    """Each rule's outcome on the study's candidates: the stacks chosen, and why the others were
+    not."""
     outcomes = []
     for rule in rules:
         reasons: dict[str, str] = {}

@@ -343,6 +343,7 @@ def due_for_enqueue(engine: Engine, *, unclaimed_after_s: float) -> list[str]:
 
 
 def mark_enqueued(engine: Engine, job_ids: Sequence[str]) -> None:
+    """Stamp ``enqueued_at`` on the QUEUED ``job_ids`` handed to the broker."""
     if not job_ids:
         return
     with engine.begin() as conn:

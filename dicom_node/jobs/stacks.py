@@ -111,6 +111,7 @@ class Stack:
 
     @property
     def label(self) -> str:
+        """How an admin reads the stack: number, orientation, matrix, frames, what sets it apart."""
         first = self.frames[0]
         rows, cols = first.shape
         parts = [
@@ -280,6 +281,7 @@ def _enhanced_frame(  # noqa: PLR0917 - one frame's context, all from read_heade
 
 
 def normal_of(orientation: np.ndarray) -> np.ndarray:
+    """The unit slice normal of an ImageOrientationPatient (row x column)."""
     n = np.cross(orientation[:3], orientation[3:])
     return np.asarray(n / np.linalg.norm(n))
 
@@ -526,6 +528,7 @@ def _runs(gaps: np.ndarray) -> list[tuple[int, float]]:
 
 
 def spacing_summary(gaps: np.ndarray) -> str:
+    """The gaps as an admin reads them, e.g. ``23 x 4.00 mm + 17 x 7.00 mm``."""
     if len(gaps) == 0:
         return "one slice"
     runs = _runs(gaps)

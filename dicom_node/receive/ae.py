@@ -23,11 +23,13 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 
 def transfer_syntaxes() -> list[str]:
+    """Every transfer syntax pydicom knows, Explicit then Implicit VR Little Endian first."""
     first = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
     return first + [str(ts) for ts in AllTransferSyntaxes if ts not in first]
 
 
 def storage_contexts() -> list[PresentationContext]:
+    """A presentation context per storage SOP class, each with every transfer syntax."""
     syntaxes = transfer_syntaxes()
     return [build_context(str(cx.abstract_syntax), syntaxes) for cx in StoragePresentationContexts]
 
@@ -43,6 +45,7 @@ class NodeAE(AE):
 
     @property
     def active_associations(self) -> list[Association]:
+        """pynetdicom's count, except on an acceptor's first ask: its node-wide slot."""
         current = threading.current_thread()
         admission = getattr(current, "admission", None)
         if admission is None or not isinstance(current, Association) or current.admitted:  # type: ignore[attr-defined]
@@ -58,6 +61,7 @@ def _any_uid(_value: str) -> tuple[bool, str]:
 
 
 def build_ae(settings: Settings) -> AE:
+    """The node's AE: its contexts, PDU size, AE title checks and timeouts from ``settings``."""
     # pynetdicom's "standard" handlers format every PDU and DIMSE message for DEBUG logging,
     # on the C-STORE path, and can print data set contents (PHI). The node logs its own events.
     _config.LOG_HANDLER_LEVEL = "none"

@@ -19,6 +19,7 @@ class EchoResult:
 def c_echo(
     host: str, port: int, called_ae: str, *, calling_ae: str, timeout_s: float = 10
 ) -> EchoResult:
+    """C-ECHO ``called_ae`` at ``host:port``; the result says why when it fails."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(VERIFICATION_SOP_CLASS)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s

@@ -55,6 +55,7 @@ STATUS_FOR: dict[type[errors.StorageRefusedError], int] = {
 
 
 def status_for(exc: errors.StorageRefusedError) -> int:
+    """The C-STORE status of a storage refusal (``STATUS_FOR``)."""
     return STATUS_FOR[type(exc)]
 
 
@@ -84,6 +85,7 @@ class ScpHandlers:
         self._assocs: dict[int, AssociationState] = {}
 
     def bindings(self) -> list[EventHandlerType]:
+        """The (event, handler) pairs the AE's server is made with."""
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ACCEPTED, self.on_accepted),
@@ -96,6 +98,7 @@ class ScpHandlers:
 
     # -- association control ---------------------------------------------------------------
     def on_requested(self, event: Event) -> None:
+        """Reject a host off the allow-list, or any peer while the disk reserve is reached."""
         assoc = event.assoc
         peer = assoc.requestor.address
         calling = _requested(assoc).calling_ae_title  # PITFALLS 7
@@ -117,6 +120,7 @@ class ScpHandlers:
         assoc.kill()
 
     def on_rejected(self, event: Event) -> None:
+        """Log a rejected association (who asked, for which AE title)."""
         assoc = event.assoc
         log.info(
             "association_rejected",
@@ -126,6 +130,7 @@ class ScpHandlers:
         )
 
     def on_accepted(self, event: Event) -> None:
+        """Index the association, so studies can tell which are still open."""
         assoc = event.assoc
         state = AssociationState(id=str(uuid.uuid4()), calling_ae=assoc.requestor.ae_title)
         self._assocs[id(assoc)] = state
@@ -167,16 +172,20 @@ class ScpHandlers:
         )
 
     def on_released(self, event: Event) -> None:
+        """The association ended with an A-RELEASE."""
         self._ended(event, AssociationEnd.RELEASED)
 
     def on_aborted(self, event: Event) -> None:
+        """The association ended with an A-ABORT."""
         self._ended(event, AssociationEnd.ABORTED)
 
     def on_conn_close(self, event: Event) -> None:
+        """The connection closed (after a release or an abort, or without either)."""
         self._ended(event, AssociationEnd.CLOSED)
 
     # -- C-STORE ---------------------------------------------------------------------------
     def on_c_store(self, event: Event) -> Dataset | int:
+        """Store the instance through the intake; the status says how it went."""
         state = self._assocs.get(id(event.assoc))
         rq = cast(C_STORE, event.request)
         req = StoreRequest(

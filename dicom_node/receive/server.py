@@ -65,6 +65,7 @@ class Admission:
         self.index = index
 
     def admit(self) -> bool:
+        """Take a slot if the node holds fewer than ``limit``; ``False`` when full."""
         with self.counts.get_lock():
             if sum(self.counts) >= self.limit:
                 return False
@@ -72,11 +73,13 @@ class Admission:
             return True
 
     def release(self) -> None:
+        """Give one of this process's slots back."""
         with self.counts.get_lock():
             self.counts[self.index] = max(0, self.counts[self.index] - 1)
 
     @property
     def in_use(self) -> int:
+        """Slots held node-wide now."""
         with self.counts.get_lock():
             return int(sum(self.counts))
 
@@ -121,6 +124,7 @@ class NodeAssociation(Association):
             self.admission.release()
 
     def run(self) -> None:
+        """pynetdicom's run, then the slot and the unassociated entry given back."""
         try:
             super().run()
         finally:
@@ -166,10 +170,12 @@ class Unassociated:
             w.sock.hang_up()
 
     def done(self, sock: BoundedSocket) -> None:
+        """Forget ``sock``: its request is complete, or it closed."""
         with self.lock:
             self.waiting.pop(id(sock), None)
 
     def expire(self) -> None:
+        """Close every socket whose association request is past its deadline."""
         now = time.monotonic()
         with self.lock:
             late = [w for w in self.waiting.values() if w.deadline <= now]
@@ -180,6 +186,7 @@ class Unassociated:
             w.sock.hang_up()
 
     def deadline(self, sock: BoundedSocket) -> float | None:
+        """When ``sock`` must have sent its request by; ``None`` once it has."""
         with self.lock:
             w = self.waiting.get(id(sock))
             return None if w is None else w.deadline
@@ -200,6 +207,7 @@ class BoundedSocket(AssociationSocket):
         return self.max_pdu_bytes or UNLIMITED_PDU_CAP
 
     def recv(self, nr_bytes: int) -> bytearray:
+        """A PDU header (its length checked) or body, within the PDU's deadline."""
         if self._pending_body is None:  # a PDU header: its clock starts now
             before_rq = self.unassociated.deadline(self)
             self._deadline = time.monotonic() + self.network_timeout_s
@@ -335,21 +343,25 @@ class NodeAssociationServer(ThreadedAssociationServer):
         self.unassociated.expire()  # looked up each time: the SCP sets its own after __init__
 
     def server_close(self) -> None:
+        """Stop the unassociated watch, then close the socket."""
         self._watch.stop()
         super().server_close()
 
     def server_bind(self) -> None:
+        """Bind with ``SO_REUSEPORT``: the node's SCP processes share the port."""
         assert self.socket is not None  # noqa: S101 - set by TCPServer.__init__
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept, with ``TCP_NODELAY`` on the new socket."""
         assert self.socket is not None  # noqa: S101
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection; TLS handshake first, in this thread."""
         if self.ssl_context is not None:
             request = self._handshake(request, client_address)
             if request is None:

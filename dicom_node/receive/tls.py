@@ -8,6 +8,8 @@ from dicom_node.settings import SecuritySettings
 
 
 def server_context(sec: SecuritySettings) -> ssl.SSLContext | None:
+    """The SCP's TLS context (TLS 1.2+), client certificates required with a CA; ``None`` without a
+    certificate."""
     if sec.tls_cert is None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

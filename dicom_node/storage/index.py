@@ -65,6 +65,7 @@ class InstanceConflict:
 
     @property
     def comment(self) -> str:  # a C-STORE Error Comment: LO, 64 characters
+        """The C-STORE Error Comment for the conflict (LO, 64 characters)."""
         return "SOP Instance UID already stored in another study/series"
 
 
@@ -97,10 +98,12 @@ class Index:
 
     # -- associations ----------------------------------------------------------------------
     def association_started(self, assoc_id: str, **values: Any) -> None:
+        """Record an accepted association and its peer."""
         with self._begin() as conn:
             conn.execute(insert(Association), {"id": assoc_id, "started_at": utcnow(), **values})
 
     def association_ended(self, assoc_id: str, reason: AssociationEnd) -> None:
+        """Record how an open association ended (once)."""
         with self._begin() as conn:
             conn.execute(
                 update(Association)

@@ -69,6 +69,8 @@ class Intake:
         self.overwrite = overwrite
 
     def accept(self, req: StoreRequest, cache: AssociationCache) -> StoreOutcome:
+        """Check, write and index one C-STORE's data set; a refusal is a typed
+        ``StorageRefusedError``."""
         for name in ("affected_sop_class_uid", "affected_sop_instance_uid"):
             if not is_valid_uid(getattr(req, name)):
                 raise InvalidUIDError(f"invalid request {name}")

@@ -38,6 +38,7 @@ class InstanceKey:
                 raise InvalidUIDError(f"invalid {name}")
 
     def relative_path(self) -> str:
+        """``instances/<Study>/<Series>/<SOP Instance>.dcm`` under the storage root."""
         return f"{INSTANCES}/{self.study_uid}/{self.series_uid}/{self.sop_instance_uid}{SUFFIX}"
 
 
@@ -49,10 +50,12 @@ class StorageLayout:
         self.quarantine = self.root / QUARANTINE
 
     def create(self) -> None:
+        """Make the instances, incoming and quarantine folders."""
         for folder in (self.instances, self.incoming, self.quarantine):
             folder.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, key: InstanceKey) -> Path:
+        """The stored file of ``key``, never outside the instances folder."""
         path = self.root / key.relative_path()
         # Defence in depth: validated UIDs cannot escape, but never trust one check alone.
         if not Path(os.path.normpath(path)).is_relative_to(self.instances):

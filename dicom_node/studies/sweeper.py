@@ -117,6 +117,7 @@ class Sweeper(Loop):
         self.on_complete = on_complete
 
     def pass_once(self) -> None:
+        """Complete what the evidence allows, then tell ``after_commit`` which studies."""
         completed = sweep_once(self.engine, self.policy, self.on_complete)
         if completed and self.after_commit is not None:
             self.after_commit(completed)  # e.g. wake the dispatcher: jobs are committed

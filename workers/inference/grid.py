@@ -47,6 +47,8 @@ def _size(n: int, spacing: float, target: float | None) -> int:
 
 
 def plan_grid(volume: Volume, target_spacing: tuple[float, float, float] | None) -> ModelGrid:
+    """The grid the model runs on: the manifest's target spacing per axis, else the source's (the
+    finest gap for unevenly spaced slices), with the maps between source and model slices."""
     n, rows, cols = volume.array.shape
     spacing = source_spacing(volume)
     targets: tuple[float | None, ...] = target_spacing or (None, None, None)

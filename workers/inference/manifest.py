@@ -162,6 +162,7 @@ class Manifest(_Part):
 
 
 def sha256_of(path: Path) -> str:
+    """The file's SHA-256, hex."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

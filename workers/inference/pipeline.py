@@ -62,6 +62,7 @@ class JobInput:
 
 
 def normalise(x: torch.Tensor, manifest: Manifest) -> torch.Tensor:
+    """The intensity normalisation of the manifest: a window to 0..1, a z-score, or none."""
     pre = manifest.preprocessing
     if pre.intensity == "window":
         assert pre.window is not None  # noqa: S101 - the manifest validator ensures it
@@ -246,6 +247,7 @@ def predict(
 def run_series(
     model: LoadedModel, series: SeriesInput, out_dir: Path, job: JobInput
 ) -> SeriesSummary:
+    """Predict one series and save its mask; the series' summary with its measurements."""
     manifest = model.manifest
     found = predict(
         model,

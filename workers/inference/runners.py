@@ -107,6 +107,7 @@ def _bundle_module(manifest: Manifest, folder: Path, weights: Path) -> torch.nn.
 
 
 def load_model(manifest: Manifest, folder: Path, device: torch.device) -> LoadedModel:
+    """The model in its runner form on ``device``, its weights checked against the manifest."""
     weights = _checked_weights(manifest, folder)
     runner = manifest.runner
     if runner.kind == "torchscript":
@@ -132,6 +133,7 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> LoadedModel:
+        """The named model, loaded once and again only when its manifest changes."""
         manifest, folder = load_manifest(self.root, name)
         with self._lock:
             cached = self._models.get(name)

@@ -56,12 +56,14 @@ class Volume:
 
     @property
     def normal(self) -> np.ndarray:
+        """The unit slice normal in patient coordinates."""
         row, col = self.affine[:3, 0], self.affine[:3, 1]
         n = np.cross(row, col)
         return np.asarray(n / np.linalg.norm(n))
 
     @property
     def pixel_area_mm2(self) -> float:
+        """One pixel's area in mm²."""
         return float(np.linalg.norm(self.affine[:3, 0]) * np.linalg.norm(self.affine[:3, 1]))
 
     def slice_extents(self) -> np.ndarray:
@@ -209,6 +211,7 @@ def build_volume(
     pixels: dict[FrameRef, _Pixels],
     described: tuple[dict[str, Any], ...] = (),
 ) -> Volume:
+    """The volume of one stack laid out as ``where`` says, in HU (rescaled)."""
     frames = stack.frames
     first = frames[0]
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]

@@ -38,6 +38,7 @@ OBJECTS = "objects"
 
 
 def load_mask(path: Path) -> Mask:
+    """A mask saved by the pipeline, read whole."""
     with np.load(path) as saved:  # an NpzFile holds its file open until closed
         return Mask(
             labels=saved["labels"],

@@ -26,8 +26,10 @@ _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/dicom-node/dicom
 
 
 def derived_uid(kind: str, manifest: Manifest, source_uids: Sequence[str], *variant: str) -> UID:
-    """The same inputs, model and variant give the same UID. (pydicom's
-    ``generate_uid(prefix=None)`` ignores its entropy sources and is random.)"""
+    """The same inputs, model and variant give the same UID.
+
+    Not pydicom's ``generate_uid(prefix=None)``: it ignores its entropy sources and is random.
+    """
     name = "\n".join([kind, manifest.name, manifest.version, *variant, "", *sorted(source_uids)])
     return UID(f"2.25.{uuid.uuid5(_NAMESPACE, name).int}")
 
@@ -39,16 +41,19 @@ def model_uid(manifest: Manifest) -> UID:
 
 
 def concept(code: Code) -> hd.sr.CodedConcept:
+    """A manifest code as highdicom's coded concept."""
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
 def algorithm_family(manifest: Manifest) -> hd.sr.CodedConcept:
+    """The manifest's algorithm family, else Artificial Intelligence (CID 7162)."""
     if manifest.family is not None:
         return concept(manifest.family)
     return hd.sr.CodedConcept.from_code(codes.cid7162.ArtificialIntelligence)
 
 
 def algorithm_identification(manifest: Manifest) -> hd.AlgorithmIdentificationSequence:
+    """The model's name, version and family for SEG segments and SR groups."""
     return hd.AlgorithmIdentificationSequence(
         name=manifest.name, version=manifest.version, family=algorithm_family(manifest)
     )

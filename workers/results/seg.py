@@ -70,6 +70,7 @@ def building(what: str) -> Iterator[None]:
 
 
 def segment_descriptions(manifest: Manifest) -> list[hd.seg.SegmentDescription]:
+    """One segment description per manifest label, in segment order."""
     algorithm = algorithm_identification(manifest)
     return [
         hd.seg.SegmentDescription(

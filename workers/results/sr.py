@@ -65,6 +65,8 @@ def _measurements(label_summary: LabelMeasure, modality: str) -> list[hd.sr.Meas
 
 
 def finding_present(finding: Finding, label_summary: LabelMeasure) -> bool:
+    """Present when the label has voxels, and volume and highest probability reach the finding's
+    thresholds."""
     probability = label_summary.max_probability or 0.0
     return bool(
         label_summary.voxels
