@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 
@@ -45,8 +45,16 @@ class Outcome:
     sent: bool = True  # put on the wire; an object never sent does not use an attempt
 
 
+LOST = Outcome(False, True, None, "association lost before sending", sent=False)
+
+
 class AssociationFailedError(Exception):
     """No association: refused, rejected, aborted or timed out. Counts against the circuit."""
+
+
+class NotAcceptedError(Exception):
+    """The destination answered, but rejected every presentation context offered: the same
+    objects will never pass. Does not count against the circuit."""
 
 
 def _tls(dest: DestinationSettings) -> tuple[ssl.SSLContext, str] | None:
@@ -79,6 +87,11 @@ def associate(
     except (OSError, ssl.SSLError) as exc:
         raise AssociationFailedError(f"cannot connect to {where}: {exc}") from None
     if not assoc.is_established:
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            refused = ", ".join(
+                sorted({UID(str(cx.abstract_syntax)).name for cx in assoc.rejected_contexts})
+            )
+            raise NotAcceptedError(f"{where} rejects every SOP class offered: {refused}")
         if assoc.is_rejected and assoc.acceptor.primitive is not None:
             p = assoc.acceptor.primitive
             reason = f"rejected: {p.result_str}, {p.source_str}, {p.reason_str}"
@@ -111,14 +124,15 @@ def store(
 ) -> list[Outcome]:
     """C-STORE each ``(path, sop_class_uid)`` on one association, in order; one outcome each.
     Raises ``AssociationFailedError`` when no association could be made."""
-    assoc = associate(dest, calling_ae, [sop_class for _, sop_class in files])
+    try:
+        assoc = associate(dest, calling_ae, [sop_class for _, sop_class in files])
+    except NotAcceptedError as exc:
+        return [Outcome(False, False, None, f"not accepted by the PACS: {exc}") for _ in files]
     outcomes: list[Outcome] = []
     try:
         for path, _ in files:
             if not assoc.is_established:
-                outcomes.append(
-                    Outcome(False, True, None, "association lost before sending", sent=False)
-                )
+                outcomes.append(LOST)
                 continue
             ds = dcmread(path)
             try:
@@ -126,7 +140,10 @@ def store(
             except ValueError as exc:  # no accepted presentation context (PITFALLS 22)
                 outcomes.append(Outcome(False, False, None, f"not accepted by the PACS: {exc}"))
                 continue
-            except (OSError, RuntimeError) as exc:
+            except RuntimeError:  # pynetdicom: the association ended before this request left
+                outcomes.append(LOST)
+                continue
+            except OSError as exc:
                 outcomes.append(Outcome(False, True, None, f"sending failed: {exc}"))
                 continue
             status = int(rsp.Status) if rsp is not None and "Status" in rsp else None

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 from sqlalchemy import Engine, select, update
 
 from dicom_node.db.models import DestinationCircuit, Export, utcnow
 from dicom_node.export import outbox
 from dicom_node.export.exporter import DestinationSender
+from dicom_node.export.scu import LOST, store
 from dicom_node.receive.echo import c_echo
 from dicom_node.results import ObjectKind, ResultObject
 from dicom_node.settings import DestinationSettings, Settings
@@ -56,9 +57,10 @@ def peer() -> Iterator[Peer]:
 
 
 def destination(port: int, **values: Any) -> DestinationSettings:
+    values = {"acse_timeout_s": 5, "dimse_timeout_s": 10, **values}
     return DestinationSettings(
         name="pacs", ae_title="PACS", host="127.0.0.1", port=port, max_attempts=3,
-        circuit_failures=1, circuit_probe_s=30, acse_timeout_s=5, dimse_timeout_s=10, **values,
+        circuit_failures=1, circuit_probe_s=30, **values,
     )  # fmt: skip
 
 
@@ -149,3 +151,70 @@ def test_echo_says_success_rejection_or_no_answer(peer: Peer) -> None:
     wrong = c_echo("127.0.0.1", peer.port, "NOT_PACS", calling_ae="NODE")
     assert not wrong.ok and wrong.message.startswith("association rejected: ")
     assert "Called AE title not recognised" in wrong.message
+
+
+@pytest.fixture
+def picky() -> Iterator[Peer]:
+    """A PACS that accepts MR Image Storage only, and aborts after its first C-STORE."""
+    ae = AE(ae_title="PACS")
+    ae.add_supported_context(MRImageStorage)
+    ae.add_supported_context(CTImageStorage)
+    found = Peer(0)
+
+    def on_store(event: Any) -> int:
+        found.received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(found.received) == 1:
+            event.assoc.abort()
+        return 0
+
+    server = ae.start_server(
+        ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    found.port = server.server_address[1]
+    yield found
+    server.shutdown()
+
+
+def test_a_sop_class_the_pacs_does_not_take_is_refused_for_good(
+    picky: Peer, ct_slice: Path, tmp_path: Path
+) -> None:
+    seg = tmp_path / "seg.dcm"
+    ds = dcmread(ct_slice)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.save_as(seg)
+    (outcome,) = store(destination(picky.port), "NODE", [(seg, str(ds.SOPClassUID))])
+    assert (outcome.delivered, outcome.transient) == (False, False)
+    assert outcome.message == (
+        f"not accepted by the PACS: PACS@127.0.0.1:{picky.port} rejects every SOP class "
+        "offered: Segmentation Storage"
+    )
+    assert picky.received == []
+
+
+def test_a_pacs_that_takes_no_seg_fails_the_row_and_keeps_its_circuit_closed(
+    picky: Peer, tmp_path: Path, ct_dir: Path
+) -> None:
+    engine, sender, _ = site(tmp_path, ct_dir, destination(picky.port))
+    seg = tmp_path / "seg.dcm"
+    ds = dcmread(next(p for p in ct_dir.iterdir() if p.name != "DIRFILE"))
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.save_as(seg)
+    with engine.begin() as conn:
+        conn.execute(
+            update(Export).values(path=str(seg), sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4")
+        )
+    sender.pass_once()
+    assert {s for s, _ in states(engine).values()} == {"FAILED"}  # said once, not retried forever
+    assert outbox.circuit(engine, "pacs").state == "CLOSED"  # the PACS answered: it is up
+
+
+def test_a_pacs_that_aborts_midway_loses_the_rest_unsent(picky: Peer, ct_dir: Path) -> None:
+    files = sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")[:3]
+    sop = str(dcmread(files[0], stop_before_pixels=True).SOPClassUID)
+    outcomes = store(destination(picky.port, dimse_timeout_s=2), "NODE", [(p, sop) for p in files])
+    assert len(picky.received) == 1
+    assert all(o.transient and not o.delivered for o in outcomes)  # each worth a retry
+    assert outcomes[0].message == "no C-STORE response (timeout or abort)"
+    # the next may have left before the abort arrived (unanswered); the last never left, and
+    # an object never put on the wire does not use one of its attempts
+    assert outcomes[-1] == LOST and not outcomes[-1].sent
