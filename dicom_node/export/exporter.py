@@ -43,7 +43,7 @@ class DestinationSender(Loop):
         if state.state == str(CircuitState.OPEN):
             if state.probe_at is not None and utcnow() < state.probe_at:
                 return False
-            error = echo(self.dest, self.calling_ae)
+            error = echo(self.dest, self.calling_ae, probe=True)
             outbox.probe_result(self.engine, self.dest, error)
             log.info("destination_probed", destination=self.dest.name, ok=not error, error=error)
             return False

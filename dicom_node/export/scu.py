@@ -155,10 +155,13 @@ def store(
     return outcomes
 
 
-def echo(dest: DestinationSettings, calling_ae: str) -> str:
-    """C-ECHO the destination (the circuit's probe); the reason it failed, or '' on success."""
+def echo(dest: DestinationSettings, calling_ae: str, *, probe: bool = False) -> str:
+    """C-ECHO the destination; the reason it failed, or '' on success. As the circuit's
+    ``probe``, a destination that answers but takes no C-ECHO counts as up."""
     try:
         assoc = associate(dest, calling_ae, [VERIFICATION_SOP_CLASS])
+    except NotAcceptedError as exc:
+        return "" if probe else str(exc)
     except AssociationFailedError as exc:
         return str(exc)
     try:

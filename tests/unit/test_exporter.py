@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select, update
 from dicom_node.db.models import DestinationCircuit, Export, utcnow
 from dicom_node.export import outbox
 from dicom_node.export.exporter import DestinationSender
-from dicom_node.export.scu import LOST, store
+from dicom_node.export.scu import LOST, echo, store
 from dicom_node.receive.echo import c_echo
 from dicom_node.results import ObjectKind, ResultObject
 from dicom_node.settings import DestinationSettings, Settings
@@ -218,3 +218,15 @@ def test_a_pacs_that_aborts_midway_loses_the_rest_unsent(picky: Peer, ct_dir: Pa
     # the next may have left before the abort arrived (unanswered); the last never left, and
     # an object never put on the wire does not use one of its attempts
     assert outcomes[-1] == LOST and not outcomes[-1].sent
+
+
+# pynetdicom drops the socket of a refused connection unclosed (closed when it is collected)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_destination_echo_says_why_it_failed(peer: Peer, picky: Peer) -> None:
+    assert echo(destination(peer.port), "NODE") == ""
+    assert echo(destination(picky.port), "NODE") == (
+        f"PACS@127.0.0.1:{picky.port} rejects every SOP class offered: Verification SOP Class"
+    )  # a PACS without C-ECHO: said, not raised
+    assert echo(destination(picky.port), "NODE", probe=True) == ""  # it answered: it is up
+    closed = echo(destination(1), "NODE")
+    assert closed.startswith("association with PACS@127.0.0.1:1 aborted or no answer")
