@@ -15,7 +15,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, insert, select, update
 
 from dicom_node.db.models import DestinationCircuit, Export, utcnow
 from dicom_node.export import outbox
@@ -230,3 +230,18 @@ def test_the_destination_echo_says_why_it_failed(peer: Peer, picky: Peer) -> Non
     assert echo(destination(picky.port), "NODE", probe=True) == ""  # it answered: it is up
     closed = echo(destination(1), "NODE")
     assert closed.startswith("association with PACS@127.0.0.1:1 aborted or no answer")
+
+
+def test_a_pacs_without_c_echo_closes_its_circuit_when_it_answers(
+    tmp_path: Path, ct_dir: Path, picky: Peer
+) -> None:
+    engine, sender, _ = site(tmp_path, ct_dir, destination(picky.port))
+    with engine.begin() as conn:  # opened by an earlier outage, its probe due now
+        conn.execute(
+            insert(DestinationCircuit),
+            {"destination": "pacs", "state": "OPEN", "failures": 1, "probe_at": utcnow()},
+        )
+    assert sender.pass_once() is False  # the probe only: nothing is sent while OPEN
+    assert outbox.circuit(engine, "pacs").state == "CLOSED"
+    assert sender.pass_once() is True  # and the next pass sends
+    assert len(picky.received) == 1  # the picky PACS takes the first CT slice, then aborts
