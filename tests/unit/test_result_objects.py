@@ -191,3 +191,55 @@ def test_the_confidence_map_scales_back_to_the_mask(
     without = Mask(mask.labels, mask.sop_instance_uids, mask.frame_numbers)
     with pytest.raises(ResultError, match="mask kept no confidence"):
         build_confidence_map(sources, without, manifest, weights_sha256=WEIGHTS, at=AT)
+
+
+def test_an_objects_identity_follows_its_content(
+    sources: list[Dataset], mask: Mask, manifest: Manifest
+) -> None:
+    seg = build_seg(sources, mask, manifest, weights_sha256=WEIGHTS, at=AT)
+    later = datetime(2026, 12, 4, tzinfo=UTC)
+    same = build_seg(sources, mask, manifest, weights_sha256=WEIGHTS, at=later)
+    assert same.SOPInstanceUID == seg.SOPInstanceUID  # the same content again: the same object
+    changed = mask.labels.copy()
+    changed[0, 0, 0] = 3 if changed[0, 0, 0] != 3 else 2  # one voxel differs
+    other = Mask(changed, mask.sop_instance_uids, mask.frame_numbers, confidence=mask.confidence)
+    assert build_seg(sources, other, manifest, weights_sha256=WEIGHTS, at=AT).SOPInstanceUID != (
+        seg.SOPInstanceUID
+    )
+    retrained = build_seg(sources, mask, manifest, weights_sha256="cd" * 32, at=AT)
+    assert retrained.SOPInstanceUID != seg.SOPInstanceUID  # new weights, a new object
+    pm = build_confidence_map(sources, mask, manifest, weights_sha256=WEIGHTS, at=AT)
+    less_sure = Mask(
+        mask.labels, mask.sop_instance_uids, mask.frame_numbers, confidence=mask.confidence // 2
+    )
+    assert (
+        build_confidence_map(
+            sources, less_sure, manifest, weights_sha256=WEIGHTS, at=AT
+        ).SOPInstanceUID
+        != pm.SOPInstanceUID
+    )
+
+
+def test_a_new_report_replaces_only_earlier_documents_never_itself(
+    sources: list[Dataset], mask: Mask, manifest: Manifest
+) -> None:
+    seg = build_seg(sources, mask, manifest, weights_sha256=WEIGHTS, at=AT)
+    measures = [measure(mask, sources, v, 0.9) for v in (1, 2, 3, 4)]
+    first = build_sr(seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT)
+    again = build_sr(
+        seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT, previous=[first]
+    )
+    assert again.SOPInstanceUID == first.SOPInstanceUID  # it said the same: the same document
+    assert "PredecessorDocumentsSequence" not in again  # and it does not replace itself
+    measures[2] = measure(mask, sources, 3, 0.5)  # the bone finding is Absent now
+    revised = build_sr(
+        seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT, previous=[first]
+    )
+    assert revised.SOPInstanceUID != first.SOPInstanceUID
+    (study,) = revised.PredecessorDocumentsSequence
+    named = [
+        s.ReferencedSOPInstanceUID
+        for x in study.ReferencedSeriesSequence
+        for s in x.ReferencedSOPSequence
+    ]
+    assert named == [first.SOPInstanceUID]

@@ -20,6 +20,7 @@ from workers.inference.decode import pixel_array
 from workers.inference.manifest import Manifest
 from workers.results.provenance import (
     MANUFACTURER,
+    content_digest,
     contributing_equipment,
     derived_uid,
     series_description,
@@ -163,7 +164,12 @@ def build_key_images(
                 series_instance_uid=series_uid,
                 series_number=SC_SERIES_NUMBER,
                 sop_instance_uid=derived_uid(
-                    "sc", manifest, list(mask.sop_instance_uids), str(count), str(number)
+                    "sc",
+                    manifest,
+                    list(mask.sop_instance_uids),
+                    str(count),
+                    str(number),
+                    content_digest(rgb.tobytes(), weights_sha256),
                 ),
                 instance_number=number,
                 manufacturer=MANUFACTURER,

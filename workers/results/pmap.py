@@ -22,6 +22,7 @@ from workers.inference.manifest import Manifest
 from workers.results.provenance import (
     MANUFACTURER,
     SOFTWARE,
+    content_digest,
     contributing_equipment,
     derived_uid,
     series_description,
@@ -58,6 +59,7 @@ def build_confidence_map(
     sources = [_with_charset(ds) for ds in sources]
     stored = np.rint(mask.confidence[order].astype(np.float32) * (SCALE / 255.0))
     pixels = stored.astype(np.uint16)
+    content = content_digest(pixels.tobytes(), weights_sha256)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="CONFIDENCE",
         lut_explanation="max softmax probability",
@@ -74,7 +76,7 @@ def build_confidence_map(
             pixel_array=pixels,
             series_instance_uid=derived_uid("pm-series", manifest, source_uids, "confidence"),
             series_number=PM_SERIES_NUMBER,
-            sop_instance_uid=derived_uid("pm", manifest, source_uids, "confidence"),
+            sop_instance_uid=derived_uid("pm", manifest, source_uids, "confidence", content),
             instance_number=1,
             manufacturer=MANUFACTURER,
             manufacturer_model_name=manifest.name[:64],

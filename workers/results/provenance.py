@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -23,6 +24,17 @@ from workers.inference.manifest import Code, Manifest
 MANUFACTURER = "dicom-node"
 SOFTWARE = f"dicom-node {__version__}"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/dicom-node/dicom-node/results")
+
+
+def content_digest(*parts: bytes | str) -> str:
+    """What an object says, as part of its identity: a re-run that changes the content (the
+    mask, the measurements, the weights) makes a new object with a new UID; one that changes
+    nothing makes the same one again."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return f"content={digest.hexdigest()[:32]}"
 
 
 def derived_uid(kind: str, manifest: Manifest, source_uids: Sequence[str], *variant: str) -> UID:

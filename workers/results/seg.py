@@ -25,6 +25,7 @@ from workers.results.provenance import (
     SOFTWARE,
     algorithm_identification,
     concept,
+    content_digest,
     contributing_equipment,
     derived_uid,
     series_description,
@@ -141,7 +142,11 @@ def build_seg(
         elif int(pixels.max(initial=0)) > len(labels):
             pixels = lut[pixels]  # values the manifest does not name become background
     source_uids = list(mask.sop_instance_uids)
-    variant = (manifest.inference.seg_type, f"omit={omit_empty_frames}")
+    variant = (
+        manifest.inference.seg_type,
+        f"omit={omit_empty_frames}",
+        content_digest(np.ascontiguousarray(pixels).tobytes(), weights_sha256),
+    )
     with building("SEG"):
         seg = hd.seg.Segmentation(
             source_images=list(sources),

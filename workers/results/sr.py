@@ -9,7 +9,9 @@ costs time (PITFALLS 20). ComprehensiveSR (88.33) by default; Comprehensive3DSR 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import datetime
 
 import highdicom as hd
@@ -22,6 +24,7 @@ from workers.results.provenance import (
     MANUFACTURER,
     SOFTWARE,
     concept,
+    content_digest,
     contributing_equipment,
     derived_uid,
     device_observer,
@@ -162,8 +165,13 @@ def build_sr(
         # still referenced in the evidence
         referenced_images=None if _multiframe(key_image) else [key_image],
     )
-    variant = (sr_class, str(seg.SOPInstanceUID))
+    said = json.dumps([asdict(m) for m in labels_summary], sort_keys=True)
+    variant = (sr_class, str(seg.SOPInstanceUID), content_digest(said, weights_sha256))
     sources = [str(seg.SOPInstanceUID)]
+    sop_instance_uid = derived_uid("sr", manifest, sources, *variant)
+    # the documents this one replaces: never itself (a re-run that said the same again is the
+    # same document, with the same UID)
+    replaced = [p for p in previous if str(p.SOPInstanceUID) != sop_instance_uid]
     cls = hd.sr.Comprehensive3DSR if sr_class == "comprehensive3d" else hd.sr.ComprehensiveSR
     with building("SR"):
         sr = cls(
@@ -171,13 +179,13 @@ def build_sr(
             content=report,
             series_instance_uid=derived_uid("sr-series", manifest, sources, *variant),
             series_number=SR_SERIES_NUMBER,
-            sop_instance_uid=derived_uid("sr", manifest, sources, *variant),
+            sop_instance_uid=sop_instance_uid,
             instance_number=1,
             manufacturer=MANUFACTURER,
             is_complete=True,
             is_final=False,
             is_verified=False,  # VerificationFlag UNVERIFIED: nobody has read it yet
-            previous_versions=list(previous) or None,
+            previous_versions=replaced or None,
             series_description=series_description("SR", manifest),
             manufacturer_model_name=manifest.name[:64],
             software_versions=SOFTWARE,
