@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.inference import build_series  # noqa: E402
 from dicom_node.db.models import Export, Job, Study  # noqa: E402
 from dicom_node.db.session import make_engine  # noqa: E402
+from dicom_node.results import LabelMeasure  # noqa: E402
 from tests.helpers import free_port, wait_for  # noqa: E402
 from tests.models import band_labels, build_model  # noqa: E402
 from tests.peers import NodeProcess, dcmtk, storescp, write_node_config  # noqa: E402
@@ -64,16 +65,17 @@ def mask_of(paths: list[Path]) -> tuple[list, Mask]:  # type: ignore[type-arg]
     return sources, Mask(labels, uids, (0,) * len(uids))
 
 
-def summary_of(mask: Mask) -> list[dict]:  # type: ignore[type-arg]
+def summary_of(mask: Mask) -> list[LabelMeasure]:
     return [
-        {
-            "value": v,
-            "voxels": int((mask.labels == v).sum()),
-            "volume_ml": 1.0,
-            "mean": 0.0,
-            "std": 1.0,
-            "max_probability": 1.0,
-        }
+        LabelMeasure(
+            value=v,
+            name=f"band {v}",
+            voxels=int((mask.labels == v).sum()),
+            volume_ml=1.0,
+            mean=0.0,
+            std=1.0,
+            max_probability=1.0,
+        )
         for v in range(1, len(BANDS) + 1)
     ]
 
@@ -83,7 +85,7 @@ def node_build(sources: list, mask: Mask, manifest: Manifest) -> float:  # type:
     t = time.perf_counter()
     at = datetime.now(UTC)
     seg = build_seg(sources, mask, manifest, weights_sha256="0" * 64, at=at)
-    build_sr(seg, sources[0], summary, manifest, weights_sha256="0" * 64, at=at)
+    build_sr(seg, sources, mask, summary, manifest, weights_sha256="0" * 64, at=at)
     return time.perf_counter() - t
 
 

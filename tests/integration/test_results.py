@@ -219,16 +219,17 @@ def test_sr_groups_reference_the_seg_segments_and_carry_the_measurements(case: C
             assert voxels == labels[number]["voxels"]
         # the observer is the algorithm
         assert sr.content.get_observer_contexts()[0].observer_type == codes.DCM.Device
-        # evidence: the SEG and one key image of the source series, not all of them
+        # evidence (IHE AIR): the SEG and the whole source series
         evidence = {
             sop.ReferencedSOPInstanceUID
             for study in sr.CurrentRequestedProcedureEvidenceSequence
             for series in study.ReferencedSeriesSequence
             for sop in series.ReferencedSOPSequence
         }
-        assert seg_obj["sop_instance_uid"] in evidence
-        [key] = evidence - {seg_obj["sop_instance_uid"]}
-        assert key in case.paths
+        assert evidence == {seg_obj["sop_instance_uid"], *case.mask.sop_instance_uids}
+        # and one planar group per segment with voxels, which OHIF draws
+        drawn = sr.content.get_planar_roi_measurement_groups()
+        assert len(drawn) == sum(1 for n in range(1, len(case.bands) + 1) if labels[n]["voxels"])
 
 
 def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:

@@ -30,7 +30,10 @@ from dicom_node.results import JobSummary, LabelMeasure, SeriesSummary
 from dicom_node.settings import DestinationSettings, Settings
 from tests.rows import add_job, add_study, sqlite_index
 
-T0 = utcnow().replace(microsecond=0) - timedelta(hours=2)
+_NOW = utcnow().replace(microsecond=0)
+# two hours ago, but not before today's UTC midnight: rows added at "now" fall on the same day
+# as these (the daily trend counts them together), even just after midnight
+T0 = max(_NOW - timedelta(hours=2), _NOW.replace(hour=0, minute=0, second=0))
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 OTHER = "1.2.826.0.1.3680043.8.498.2"
 SERIES = "1.2.826.0.1.3680043.8.498.1.1"

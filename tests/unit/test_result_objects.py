@@ -120,7 +120,7 @@ def test_the_sr_carries_each_segments_measurements_and_findings(
     seg = build_seg(sources, mask, manifest, weights_sha256=WEIGHTS, at=AT)
     probabilities = {1: 0.9, 2: 0.95, 3: 0.7, 4: 0.2}
     measures = [measure(mask, sources, v, p) for v, p in probabilities.items()]
-    sr = build_sr(seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT)
+    sr = build_sr(seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
     assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
     report = hd.sr.ComprehensiveSR.from_dataset(dcmread(encoded(sr)))
@@ -146,7 +146,7 @@ def test_the_sr_carries_each_segments_measurements_and_findings(
     assert evaluated(groups[2]) == [codes.SCT.Present]  # 0.7 >= 0.6, volume >= 1 mL
     assert [evaluated(g) for g in (groups[0], groups[1], groups[3])] == [[], [], []]
     measures[2] = measure(mask, sources, 3, 0.5)
-    unsure = build_sr(seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT)
+    unsure = build_sr(seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT)
     read = hd.sr.ComprehensiveSR.from_dataset(unsure).content
     bone = read.get_volumetric_roi_measurement_groups()[2]
     assert evaluated(bone) == [codes.SCT.Absent]
@@ -172,7 +172,7 @@ def test_an_sr_without_a_labels_measurements_is_refused(
     seg = build_seg(sources, mask, manifest, weights_sha256=WEIGHTS, at=AT)
     measures = [measure(mask, sources, v, 0.9) for v in (1, 2, 4)]
     with pytest.raises(ResultError, match=r"no measurements for label 3 \(bone\)"):
-        build_sr(seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT)
+        build_sr(seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT)
 
 
 def test_the_confidence_map_scales_back_to_the_mask(
@@ -225,15 +225,15 @@ def test_a_new_report_replaces_only_earlier_documents_never_itself(
 ) -> None:
     seg = build_seg(sources, mask, manifest, weights_sha256=WEIGHTS, at=AT)
     measures = [measure(mask, sources, v, 0.9) for v in (1, 2, 3, 4)]
-    first = build_sr(seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT)
+    first = build_sr(seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT)
     again = build_sr(
-        seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT, previous=[first]
+        seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT, previous=[first]
     )
     assert again.SOPInstanceUID == first.SOPInstanceUID  # it said the same: the same document
     assert "PredecessorDocumentsSequence" not in again  # and it does not replace itself
     measures[2] = measure(mask, sources, 3, 0.5)  # the bone finding is Absent now
     revised = build_sr(
-        seg, sources[0], measures, manifest, weights_sha256=WEIGHTS, at=AT, previous=[first]
+        seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT, previous=[first]
     )
     assert revised.SOPInstanceUID != first.SOPInstanceUID
     (study,) = revised.PredecessorDocumentsSequence

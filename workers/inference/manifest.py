@@ -44,6 +44,10 @@ class Label(_Part):
     category: Code
     type: Code
     color: tuple[int, int, int] = (255, 0, 0)  # recommended display colour, sRGB
+    site: Code | None = Field(
+        default=None,
+        description="finding site (CID 4031); none = the source's anatomic region or body part",
+    )
 
 
 class Selection(_Part):

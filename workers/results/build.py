@@ -234,16 +234,14 @@ class _Builder:
 
     def sr(self, s: _Series, seg: Variant, sr_class: str, previous: Sequence[Path]) -> ResultObject:
         seg_ds = self.built[seg][0]
-        mask = s.mask
-        areas = (mask.labels > 0).reshape(len(mask.labels), -1).sum(axis=1)
-        key_image = s.sources[mask.sop_instance_uids[int(np.argmax(areas))]]
         before = [dcmread(p) for p in previous]
         return self.once(
             Variant(ObjectKind.SR, s.summary.series_uid, seg.omit_empty_frames, sr_class),
             partial(
                 build_sr,
                 seg_ds,
-                key_image,
+                s.ordered,
+                s.mask,
                 s.summary.labels,
                 self.manifest,
                 weights_sha256=self.weights,

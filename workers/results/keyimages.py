@@ -175,7 +175,7 @@ def build_key_images(
                 manufacturer=MANUFACTURER,
                 patient_orientation=_orientation(ds, frame),
                 transfer_syntax_uid="1.2.840.10008.1.2.1",
-                contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+                contributing_equipment=contributing_equipment(manifest, weights_sha256, at),
             )
         sc.SeriesDescription = series_description("KEY IMAGES", manifest)
         # Type 2C in General Series; empty = unknown (the source did not say)

@@ -94,7 +94,7 @@ def build_confidence_map(
                 else f"{manifest.name} {manifest.version} confidence"
             )[:64],
             series_description=series_description("CONFIDENCE", manifest),
-            contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+            contributing_equipment=contributing_equipment(manifest, weights_sha256, at),
         )
     if "Laterality" not in pm:
         pm.Laterality = ""  # General Series, Type 2C: dciodvfy asks for it on OT; not paired

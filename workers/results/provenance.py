@@ -71,21 +71,40 @@ def algorithm_identification(manifest: Manifest) -> hd.AlgorithmIdentificationSe
     )
 
 
+# IHE AI Results (AIR): the algorithm's own Contributing Equipment item has this purpose (the
+# profile's provisional code; CID 7005 has no such concept yet)
+PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
+
+
 def contributing_equipment(
     manifest: Manifest, weights_sha256: str, at: datetime
-) -> hd.ContributingEquipment:
-    """The node as processing equipment: model, versions and weights digest, timezone-aware."""
-    return hd.ContributingEquipment(
+) -> list[hd.ContributingEquipment]:
+    """Two items, timezone-aware: the node as Processing Equipment, and the model as the
+    Processing Algorithm (IHE AIR) with its version, weights digest and a Device UID that
+    changes with each model version."""
+    node = hd.ContributingEquipment(
         manufacturer=MANUFACTURER,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=MANUFACTURER,
+        software_versions=SOFTWARE,
+        contribution_datetime=at,
+        contribution_description="AI result routing and DICOM encoding",
+    )
+    algorithm = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,  # highdicom takes CID 7005 only
         manufacturer_model_name=manifest.name[:64],
         software_versions=[SOFTWARE, f"{manifest.name} {manifest.version}"[:64]],
+        device_serial_number=weights_sha256[:16] or "0",
         contribution_datetime=at,
         contribution_description=(
             f"AI inference: {manifest.name} {manifest.version}, weights sha256 "
             f"{weights_sha256[:16]}"
         )[:64],
     )
+    algorithm.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]
+    algorithm.DeviceUID = model_uid(manifest)
+    return [node, algorithm]
 
 
 def device_observer(manifest: Manifest, weights_sha256: str) -> hd.sr.ObserverContext:

@@ -175,7 +175,7 @@ def build_seg(
             content_creator_name=None,
             omit_empty_frames=omit_empty_frames,
             workers=workers,
-            contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+            contributing_equipment=contributing_equipment(manifest, weights_sha256, at),
         )
     stamp(seg, at)
     return seg

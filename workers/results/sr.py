@@ -1,20 +1,28 @@
-"""A TID 1500 Measurement Report on the SEG: one volumetric group per segment.
+"""A TID 1500 Measurement Report on the SEG: two measurement groups per segment.
 
-Each group references its SEG segment and the source series, and carries the volume (mL), the
-mean and SD of the intensity inside it (HU for CT), and the manifest's findings (Present/Absent
-with the model's highest probability). The observer is the algorithm (a device); the report is
-UNVERIFIED. One key source image is referenced in the Image Library: OHIF needs one, and each
-costs time (PITFALLS 20). ComprehensiveSR (88.33) by default; Comprehensive3DSR per profile.
+- A volumetric group (TID 1411) references the SEG segment and the source series, and carries
+  the volume (mL), the mean and SD of the intensity inside it (HU for CT), the manifest's
+  findings (Present/Absent, with the model's highest probability) and the finding site. Slicer
+  and dcmqi read these.
+- A planar group (TID 1410) outlines the segment on its key image (``workers.results.regions``)
+  as an SCOORD POLYLINE (SCOORD3D in a Comprehensive 3D SR), with the volume and the mean
+  first: OHIF draws only planar groups, and shows their first lines (PITFALLS 30).
+
+The key images are the Image Library; the evidence is the SEG and the whole source series. The
+observer is the algorithm (a device); the report is UNVERIFIED. ComprehensiveSR (88.33) by
+default; Comprehensive3DSR per profile.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -31,7 +39,8 @@ from workers.results.provenance import (
     series_description,
     stamp,
 )
-from workers.results.seg import ResultError, building, ordered_labels
+from workers.results.regions import Region, in_patient, region
+from workers.results.seg import Mask, ResultError, building, ordered_labels
 
 SR_SERIES_NUMBER = 9002
 MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
@@ -107,24 +116,79 @@ def _multiframe(ds: Dataset) -> bool:
     return int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
 
 
-def build_sr(
-    seg: Dataset,
-    key_image: Dataset,
-    labels_summary: Sequence[LabelMeasure],
-    manifest: Manifest,
-    *,
-    weights_sha256: str,
-    at: datetime,
-    sr_class: str = "comprehensive",
-    previous: Sequence[Dataset] = (),
-) -> hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR:
-    """The report on ``seg`` (built by ``workers.results.seg``); ``labels_summary`` is the
-    pipeline's per-label measurement list for the SEG's series."""
-    modality = str(getattr(key_image, "Modality", ""))
+def _site_by_body_part() -> dict[str, hd.sr.CodedConcept]:
+    """CID 4031 (common anatomic regions) and CID 4030 (CT, MR and PET anatomy imaged) by Body
+    Part Examined's spelling of them (PS3.16 Annex L: the meaning in capitals, without spaces or
+    "and")."""
+    out = {}
+    for cid, keyword in [(c, k) for c in (codes.cid4030, codes.cid4031) for k in c.dir()]:
+        code = getattr(cid, keyword)
+        words = [w for w in str(code.meaning).upper().split() if w != "AND"]
+        out["".join(words)] = hd.sr.CodedConcept.from_code(code)
+    return out
+
+
+SITES = _site_by_body_part()
+
+
+def finding_site(label: Label, source: Dataset) -> hd.sr.FindingSite | None:
+    """Where the finding is: the manifest's site for the label, else the source's Anatomic
+    Region Sequence, else its Body Part Examined as a CID 4030/4031 code; None when none
+    says."""
+    if label.site is not None:
+        return hd.sr.FindingSite(concept(label.site))
+    region = source.get("AnatomicRegionSequence")
+    if region:
+        item = region[0]
+        return hd.sr.FindingSite(
+            hd.sr.CodedConcept(
+                str(item.CodeValue), str(item.CodingSchemeDesignator), str(item.CodeMeaning)
+            )
+        )
+    body_part = str(source.get("BodyPartExamined", "") or "").upper().replace(" ", "")
+    return hd.sr.FindingSite(SITES[body_part]) if body_part in SITES else None
+
+
+def _drawn(
+    outline: Region, source: Dataset, sr_class: str
+) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    """The outline as OHIF draws it: SCOORD POLYLINE on the key image (88.33), or SCOORD3D
+    POLYLINE in the frame of reference (88.34)."""
+    if sr_class == "comprehensive3d":
+        return hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+            graphic_data=in_patient(outline.points, source, outline.frame_number),
+            frame_of_reference_uid=str(source.FrameOfReferenceUID),
+        )
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline.points.astype(np.float32),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            referenced_frame_numbers=[outline.frame_number] if outline.frame_number else None,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """What one segment's two groups share."""
+
+    number: int
+    label: Label
+    summary: LabelMeasure
+    measurements: list[hd.sr.Measurement]
+    evaluations: list[hd.sr.QualitativeEvaluation]
+    probabilities: list[hd.sr.Measurement]
+    site: hd.sr.FindingSite | None
+
+
+def _segments(
+    manifest: Manifest, labels_summary: Sequence[LabelMeasure], modality: str, source: Dataset
+) -> list[_Segment]:
     by_value = {item.value: item for item in labels_summary}
-    source_series = hd.sr.SourceSeriesForSegmentation(str(key_image.SeriesInstanceUID))
-    algorithm = hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version)
-    groups = []
+    out = []
     for number, label in enumerate(ordered_labels(manifest), start=1):
         summary = by_value.get(label.value)
         if summary is None:
@@ -135,25 +199,98 @@ def build_sr(
         evaluations, probabilities = (
             _findings(manifest, label, summary) if "findings" in manifest.outputs else ([], [])
         )
-        groups.append(
-            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=derived_uid("tracking", manifest, [seg.SOPInstanceUID], str(number)),
-                    identifier=f"{label.name} (segment {number})"[:64],
-                ),
-                referenced_segment=hd.sr.ReferencedSegment(
-                    sop_class_uid=seg.SOPClassUID,
-                    sop_instance_uid=seg.SOPInstanceUID,
-                    segment_number=number,
-                    source_series=source_series,
-                ),
-                finding_type=concept(label.type),
-                finding_category=concept(label.category),
-                algorithm_id=algorithm,
-                measurements=measurements + probabilities,
-                qualitative_evaluations=evaluations or None,
+        out.append(
+            _Segment(
+                number,
+                label,
+                summary,
+                measurements,
+                evaluations,
+                probabilities,
+                finding_site(label, source),
             )
         )
+    return out
+
+
+def _tracking(kind: str, manifest: Manifest, seg: Dataset, s: _Segment) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(
+        uid=derived_uid(kind, manifest, [seg.SOPInstanceUID], str(s.number)),
+        identifier=f"{s.label.name} (segment {s.number})"[:64],
+    )
+
+
+def _volumetric(
+    s: _Segment, seg: Dataset, source_series: str, manifest: Manifest
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411: the segment by reference, with every measurement (Slicer, dcmqi)."""
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking("tracking", manifest, seg, s),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID,
+            sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=s.number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series),
+        ),
+        finding_type=concept(s.label.type),
+        finding_category=concept(s.label.category),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version),
+        finding_sites=[s.site] if s.site else None,
+        measurements=s.measurements + s.probabilities,
+        qualitative_evaluations=s.evaluations or None,
+    )
+
+
+def _planar(
+    s: _Segment, seg: Dataset, where: Region, source: Dataset, manifest: Manifest, *, sr_class: str
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 on the key image, for OHIF: its outline, and the lines that matter first
+    (volume, then mean intensity; OHIF shows three lines: these two and the finding site)."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking("tracking-planar", manifest, seg, s),
+        referenced_region=_drawn(where, source, sr_class),
+        finding_type=concept(s.label.type),
+        finding_category=concept(s.label.category),
+        algorithm_id=hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version),
+        finding_sites=[s.site] if s.site else None,
+        measurements=s.measurements[:2],
+        qualitative_evaluations=s.evaluations or None,
+    )
+
+
+def build_sr(
+    seg: Dataset,
+    sources: Sequence[Dataset],
+    mask: Mask,
+    labels_summary: Sequence[LabelMeasure],
+    manifest: Manifest,
+    *,
+    weights_sha256: str,
+    at: datetime,
+    sr_class: str = "comprehensive",
+    previous: Sequence[Dataset] = (),
+) -> hd.sr.ComprehensiveSR | hd.sr.Comprehensive3DSR:
+    """The report on ``seg`` (built by ``workers.results.seg`` from ``sources`` and ``mask``);
+    ``labels_summary`` is the pipeline's per-label measurement list for the SEG's series.
+
+    Per segment: a volumetric group (TID 1411) referencing the segment, and, when the segment
+    has voxels, a planar group (TID 1410) outlining it on its key image. The key images are the
+    Image Library; the evidence is the whole source series and the SEG."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    first = sources[0]
+    modality = str(getattr(first, "Modality", ""))
+    segments = _segments(manifest, labels_summary, modality, first)
+    groups: list[Any] = [
+        _volumetric(s, seg, str(first.SeriesInstanceUID), manifest) for s in segments
+    ]
+    key_images: dict[str, Dataset] = {}
+    for s in segments:
+        where = region(mask, s.label.value)
+        if where is None:
+            continue  # nothing to draw; the volumetric group says 0 mL
+        source = by_uid[where.sop_instance_uid]
+        key_images[where.sop_instance_uid] = source
+        groups.append(_planar(s, seg, where, source, manifest, sr_class=sr_class))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(manifest, weights_sha256)
@@ -162,22 +299,22 @@ def build_sr(
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
         # highdicom's Image Library entry reads single-frame geometry; a multi-frame source is
-        # still referenced in the evidence
-        referenced_images=None if _multiframe(key_image) else [key_image],
+        # still referenced in the evidence and by each region
+        referenced_images=None if _multiframe(first) else list(key_images.values()) or [first],
     )
     said = json.dumps([asdict(m) for m in labels_summary], sort_keys=True)
     variant = (sr_class, str(seg.SOPInstanceUID), content_digest(said, weights_sha256))
-    sources = [str(seg.SOPInstanceUID)]
-    sop_instance_uid = derived_uid("sr", manifest, sources, *variant)
+    uids = [str(seg.SOPInstanceUID)]
+    sop_instance_uid = derived_uid("sr", manifest, uids, *variant)
     # the documents this one replaces: never itself (a re-run that said the same again is the
     # same document, with the same UID)
     replaced = [p for p in previous if str(p.SOPInstanceUID) != sop_instance_uid]
     cls = hd.sr.Comprehensive3DSR if sr_class == "comprehensive3d" else hd.sr.ComprehensiveSR
     with building("SR"):
         sr = cls(
-            evidence=[seg, key_image],
+            evidence=[seg, *sources],
             content=report,
-            series_instance_uid=derived_uid("sr-series", manifest, sources, *variant),
+            series_instance_uid=derived_uid("sr-series", manifest, uids, *variant),
             series_number=SR_SERIES_NUMBER,
             sop_instance_uid=sop_instance_uid,
             instance_number=1,
@@ -189,7 +326,7 @@ def build_sr(
             series_description=series_description("SR", manifest),
             manufacturer_model_name=manifest.name[:64],
             software_versions=SOFTWARE,
-            contributing_equipment=[contributing_equipment(manifest, weights_sha256, at)],
+            contributing_equipment=contributing_equipment(manifest, weights_sha256, at),
         )
     stamp(sr, at)
     return sr
