@@ -224,6 +224,11 @@ class ProfileSettings(_Section):
     key_images: int = Field(
         default=0, ge=0, le=20, description="Secondary Capture key images for PACS without SEG"
     )
+    seg_geometry: Literal["source", "regular"] = Field(
+        default="source",
+        description="source: SEG frames on the source frames (OHIF, PACS viewers); regular: on a "
+        "rectangular grid when the stack is tilted or irregular (3D Slicer, dcmqi, VTK tools)",
+    )
 
     @model_validator(mode="after")
     def _sr_needs_seg(self) -> ProfileSettings:
@@ -235,6 +240,7 @@ class ProfileSettings(_Section):
 BUILTIN_PROFILES: dict[str, ProfileSettings] = {
     "default": ProfileSettings(),
     "legacy": ProfileSettings(key_images=3),
+    "slicer": ProfileSettings(seg_geometry="regular"),
 }
 
 

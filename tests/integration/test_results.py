@@ -10,6 +10,8 @@ weights that cuts the intensity into bands: one segment per band.
 
 from __future__ import annotations
 
+import json
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,16 @@ import pytest
 from pydicom import dcmread
 from pydicom.sr.codedict import codes
 
+from dicom_node.jobs.stacks import read_headers
 from dicom_node.settings import ProfileSettings
+from tests import recompose as rc
 from tests.helpers import dciodvfy_errors, dsrdump_ok
 from tests.models import WINDOW, band_labels, build_model, run_model
 from workers.inference.decode import pixel_array
 from workers.inference.runners import ModelCache
 from workers.results.build import build_results, load_mask
 from workers.results.keyimages import BANNER
+from workers.results.regular import Grid, regularise
 from workers.results.seg import ResultError
 
 TILTED = "dcm_qa_ct/In/Philips/S21610/S2010"
@@ -39,7 +44,11 @@ PROFILES = {
     "default": ProfileSettings(),
     "legacy": ProfileSettings(key_images=3),
     "modern": ProfileSettings(sr_class="comprehensive3d", omit_empty_frames=True),
+    "slicer": ProfileSettings(seg_geometry="regular"),
 }
+VARIABLE = "two regimes"  # the straight Philips CT re-spaced: 8 x 4 mm slices, then 6 x 7 mm
+VARIABLE_GAPS = [4.0] * 8 + [5.1] + [7.0] * 6
+VARIABLE_THICKNESS = [4.0] * 9 + [7.0] * 7
 FINDINGS = """
 [[findings]]
 label = {label}
@@ -120,7 +129,24 @@ def case(request: pytest.FixtureRequest, testdata: Path, tmp_path_factory: pytes
     return Case(tmp_path_factory.mktemp("results"), files, bands)
 
 
+@pytest.fixture(scope="module")
+def variable(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
+    """Two slice spacings in one series. The model runs on a resampled grid and maps back, so
+    its mask is not the per-frame banding the other cases check against."""
+    tmp = tmp_path_factory.mktemp("variable")
+    slices = rc.respace(rc.straight(testdata), VARIABLE_GAPS, VARIABLE_THICKNESS)
+    return Case(tmp, rc.write(rc.new_series(slices, VARIABLE), tmp / "input"), CT_BANDS)
+
+
 def test_every_object_is_valid(case: Case) -> None:
+    all_valid(case)
+
+
+def test_every_object_of_a_two_spacing_series_is_valid(variable: Case) -> None:
+    all_valid(variable)
+
+
+def all_valid(case: Case) -> None:
     kinds = set()
     for profile, objects in case.results["objects"].items():
         for obj in objects:
@@ -133,12 +159,44 @@ def test_every_object_is_valid(case: Case) -> None:
     assert kinds == {"seg", "sr", "sc"}
 
 
+def regular_grid(case: Case) -> Grid | None:
+    """The grid the slicer profile's SEG should be on, from the sources' own headers."""
+    headers = {
+        (h.ref.sop_instance_uid, h.ref.frame_number or 0): h
+        for p in case.paths.values()
+        for h in read_headers(dcmread(p, stop_before_pixels=True))
+    }
+    frames = zip(case.mask.sop_instance_uids, case.mask.frame_numbers, strict=True)
+    return regularise(case.mask.labels, [headers[(u, f)] for u, f in frames])
+
+
+def assert_on_the_grid(seg: hd.seg.Segmentation, grid: Grid) -> None:
+    """Every SEG frame is its segment on the grid plane at its position."""
+    planes = np.array([p[0].ImagePositionPatient for p in grid.positions], dtype=float)
+    pixels = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ipp = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        j = int(np.abs(planes - ipp).sum(axis=1).argmin())
+        assert np.abs(planes[j] - ipp).max() < 1e-3
+        np.testing.assert_array_equal(frame > 0, grid.pixels[j] == number)
+        # a frame in a source slice's plane still names it, and says its pixels moved (a
+        # frame inside a wider gap has no source slice)
+        for derivation in item.get("DerivationImageSequence", []):
+            for source in derivation.SourceImageSequence:
+                assert source.SpatialLocationsPreserved == "NO"
+
+
 def test_seg_pixels_equal_the_independent_mask_frame_by_frame(case: Case) -> None:
+    grid = regular_grid(case)
     for profile in PROFILES:
         [obj] = case.objects(profile, "seg")
         seg = hd.seg.segread(obj["path"])
         n = len(case.bands)
         assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == list(range(1, n + 1))
+        if profile == "slicer" and grid is not None:
+            assert_on_the_grid(seg, grid)
+            continue
         for k, (uid, frame) in enumerate(
             zip(case.mask.sop_instance_uids, case.mask.frame_numbers, strict=True)
         ):
@@ -230,6 +288,51 @@ def test_sr_groups_reference_the_seg_segments_and_carry_the_measurements(case: C
         # and one planar group per segment with voxels, which OHIF draws
         drawn = sr.content.get_planar_roi_measurement_groups()
         assert len(drawn) == sum(1 for n in range(1, len(case.bands) + 1) if labels[n]["voxels"])
+
+
+def dcmqi(tool: str, *args: str) -> str:
+    done = subprocess.run([tool, *args], capture_output=True, text=True, check=False, timeout=300)
+    return f"exit {done.returncode}\n{done.stdout}{done.stderr}"
+
+
+def test_dcmqi_reads_the_slicer_profiles_seg_and_every_sr(case: Case, tmp_path: Path) -> None:
+    dcmqi_reads(case, tmp_path)
+
+
+def test_dcmqi_reads_a_two_spacing_series_results(variable: Case, tmp_path: Path) -> None:
+    dcmqi_reads(variable, tmp_path)
+
+
+def dcmqi_reads(case: Case, tmp_path: Path) -> None:
+    """3D Slicer's converters: the regular SEG becomes one label map per segment (tilted and
+    re-spaced inputs included), on the regular grid, and each SR's measurement groups come out
+    with their volumes."""
+    grid = regular_grid(case)
+    if grid is not None:
+        assert_on_the_grid(hd.seg.segread(case.objects("slicer", "seg")[0]["path"]), grid)
+    [seg_obj] = case.objects("slicer", "seg")
+    out = tmp_path / "seg"
+    out.mkdir()
+    said = dcmqi(
+        "segimage2itkimage", "--inputDICOM", seg_obj["path"], "--outputDirectory", str(out)
+    )
+    assert "ERROR" not in said, said
+    maps = sorted(out.glob("*.nrrd"))
+    assert len(maps) == len(case.bands), said  # one label map per segment
+    for profile in PROFILES:
+        for sr_obj in case.objects(profile, "sr"):
+            meta = tmp_path / f"{profile}-sr.json"
+            said = dcmqi(
+                "tid1500reader", "--inputDICOM", sr_obj["path"], "--outputMetadata", str(meta)
+            )
+            assert said.startswith("exit 0"), said
+            groups = json.loads(meta.read_text())["Measurements"]
+            by_segment = [g for g in groups if "ReferencedSegment" in g]
+            assert len(by_segment) == len(case.bands), (profile, groups)
+            assert all(g["segmentationSOPInstanceUID"] for g in by_segment)
+            for group in groups:  # the planar groups too: volume first
+                names = {m["quantity"]["CodeMeaning"] for m in group["measurementItems"]}
+                assert "Volume" in names, group
 
 
 def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:

@@ -138,6 +138,7 @@ class Variant:
     omit_empty_frames: bool = False
     sr_class: str = ""
     count: int = 0
+    geometry: str = "source"
 
 
 @dataclass
@@ -202,8 +203,10 @@ class _Builder:
             self.built[variant] = (ds, _entry(variant.kind, path, ds, variant.series_uid))
         return self.built[variant][1]
 
-    def seg(self, s: _Series, omit_empty_frames: bool) -> Variant:
-        variant = Variant(ObjectKind.SEG, s.summary.series_uid, omit_empty_frames)
+    def seg(self, s: _Series, omit_empty_frames: bool, geometry: str = "source") -> Variant:
+        variant = Variant(
+            ObjectKind.SEG, s.summary.series_uid, omit_empty_frames, geometry=geometry
+        )
         self.once(
             variant,
             partial(
@@ -215,6 +218,7 @@ class _Builder:
                 at=self.at,
                 omit_empty_frames=omit_empty_frames,
                 workers=self.workers,
+                geometry=geometry,
             ),
         )
         return variant
@@ -236,7 +240,14 @@ class _Builder:
         seg_ds = self.built[seg][0]
         before = [dcmread(p) for p in previous]
         return self.once(
-            Variant(ObjectKind.SR, s.summary.series_uid, seg.omit_empty_frames, sr_class),
+            Variant(
+                ObjectKind.SR,
+                s.summary.series_uid,
+                seg.omit_empty_frames,
+                sr_class,
+                0,
+                seg.geometry,
+            ),
             partial(
                 build_sr,
                 seg_ds,
@@ -287,7 +298,7 @@ class _Builder:
         images."""
         out: list[ResultObject] = []
         if profile.seg:
-            seg = self.seg(s, profile.omit_empty_frames)
+            seg = self.seg(s, profile.omit_empty_frames, profile.seg_geometry)
             out.append(self.built[seg][1])
             if confidence:
                 out.append(self.confidence_map(s))

@@ -18,8 +18,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.errors import Permanent
 from workers.inference.manifest import Manifest
+from workers.results.errors import ResultError
 from workers.results.provenance import (
     MANUFACTURER,
     SOFTWARE,
@@ -31,12 +31,10 @@ from workers.results.provenance import (
     series_description,
     stamp,
 )
+from workers.results.regular import frame_headers, regularise
 
 SEG_SERIES_NUMBER = 9001
-
-
-class ResultError(Permanent):
-    """The result object cannot be built as the standard requires; the message says why."""
+__all__ = ["Mask", "ResultError", "build_seg"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +116,11 @@ def build_seg(
     at: datetime,
     omit_empty_frames: bool = False,
     workers: int = 0,
+    geometry: str = "source",
 ) -> hd.seg.Segmentation:
-    """``sources``: the single-frame instances of one series, or its one multi-frame instance."""
+    """``sources``: the single-frame instances of one series, or its one multi-frame instance.
+    ``geometry``: "source" puts each frame on its source frame; "regular" puts the frames on a
+    rectangular grid when the source's is not (``workers.results.regular``)."""
     order = frame_order(mask, sources)
     labels = ordered_labels(manifest)
     fractional = manifest.inference.seg_type == "fractional"
@@ -141,10 +142,20 @@ def build_seg(
             pixels = lut[pixels]
         elif int(pixels.max(initial=0)) > len(labels):
             pixels = lut[pixels]  # values the manifest does not name become background
+    grid = regularise(pixels, frame_headers(sources)) if geometry == "regular" else None
+    placed: dict[str, object] = {}
+    if grid is not None:
+        pixels = grid.pixels
+        placed = {
+            "plane_positions": grid.positions,
+            "plane_orientation": grid.orientation,
+            "pixel_measures": grid.measures,
+        }
     source_uids = list(mask.sop_instance_uids)
     variant = (
         manifest.inference.seg_type,
         f"omit={omit_empty_frames}",
+        *(["grid=regular"] if grid is not None else []),
         content_digest(np.ascontiguousarray(pixels).tobytes(), weights_sha256),
     )
     with building("SEG"):
@@ -176,6 +187,14 @@ def build_seg(
             omit_empty_frames=omit_empty_frames,
             workers=workers,
             contributing_equipment=contributing_equipment(manifest, weights_sha256, at),
+            **placed,  # type: ignore[arg-type]
         )
+    if grid is not None:
+        # highdicom keeps the source's measures when the pixel spacing matches, and with them a
+        # slice spacing measured along the sheared stack; readers place frames by it (dcmqi)
+        measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        measures.SliceThickness = measures.SpacingBetweenSlices = grid.measures[0].SliceThickness
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # Type 2: a device made it, no person (dcmqi checks)
     stamp(seg, at)
     return seg
