@@ -22,6 +22,7 @@ class ObjectKind(StrEnum):
     SR = "sr"  # TID 1500 Measurement Report
     PM = "pm"  # Parametric Map of the model's confidence
     SC = "sc"  # key images (Secondary Capture)
+    KOS = "kos"  # Key Object Selection of the key images
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,6 +224,10 @@ class ProfileSettings(_Section):
     key_images: int = Field(
         default=0, ge=0, le=20, description="Secondary Capture key images for PACS without SEG"
     )
+    kos: bool = Field(
+        default=False,
+        description="a Key Object Selection of the key images, for PACS viewers without SEG/SR",
+    )
     seg_geometry: Literal["source", "regular"] = Field(
         default="source",
         description="source: SEG frames on the source frames (OHIF, PACS viewers); regular: on a "
@@ -239,7 +243,7 @@ class ProfileSettings(_Section):
 
 BUILTIN_PROFILES: dict[str, ProfileSettings] = {
     "default": ProfileSettings(),
-    "legacy": ProfileSettings(key_images=3),
+    "legacy": ProfileSettings(key_images=3, kos=True),
     "slicer": ProfileSettings(seg_geometry="regular"),
 }
 

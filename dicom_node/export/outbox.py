@@ -32,7 +32,8 @@ from dicom_node.jobs.service import transition_job
 from dicom_node.results import ResultObject
 from dicom_node.settings import DestinationSettings
 
-KIND_ORDER = {"seg": 0, "pm": 1, "sr": 2, "sc": 3}  # an SR after the SEG it references
+# an SR after the SEG it references, a Key Object Selection after the images it selects
+KIND_ORDER = {"seg": 0, "pm": 1, "sr": 2, "sc": 3, "kos": 4}
 _AUDIT = {
     ExportState.PENDING: AuditEventType.EXPORT_PENDING,
     ExportState.SENDING: AuditEventType.EXPORT_SENDING,

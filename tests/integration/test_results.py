@@ -42,7 +42,7 @@ CT_BANDS = (-500.5, -50.5, 300.5)  # air / fat / soft tissue / bone
 MR_BANDS = (100.5, 300.5)
 PROFILES = {
     "default": ProfileSettings(),
-    "legacy": ProfileSettings(key_images=3),
+    "legacy": ProfileSettings(key_images=3, kos=True),
     "modern": ProfileSettings(sr_class="comprehensive3d", omit_empty_frames=True),
     "slicer": ProfileSettings(seg_geometry="regular"),
 }
@@ -156,7 +156,7 @@ def all_valid(case: Case) -> None:
                 code, err = dsrdump_ok(path)
                 assert code == 0, err
             kinds.add(obj["kind"])
-    assert kinds == {"seg", "sr", "sc"}
+    assert kinds == {"seg", "sr", "sc", "kos"}
 
 
 def regular_grid(case: Case) -> Grid | None:
@@ -333,6 +333,30 @@ def dcmqi_reads(case: Case, tmp_path: Path) -> None:
             for group in groups:  # the planar groups too: volume first
                 names = {m["quantity"]["CodeMeaning"] for m in group["measurementItems"]}
                 assert "Volume" in names, group
+
+
+def test_the_key_object_selection_flags_the_key_images(case: Case) -> None:
+    """For a PACS viewer that reads neither SEG nor SR: each segment's key slice and the SC
+    key images, selected "Of Interest" by the algorithm, sent after them."""
+    [kos_obj] = case.objects("legacy", "kos")
+    kinds = [o["kind"] for o in case.results["objects"]["legacy"]]
+    assert kinds[-1] == "kos"
+    kos = hd.ko.KeyObjectSelectionDocument.from_dataset(dcmread(kos_obj["path"]))
+    assert kos.ConceptNameCodeSequence[0].CodeValue == codes.DCM.OfInterest.value
+    assert kos.StudyInstanceUID == dcmread(next(iter(case.paths.values()))).StudyInstanceUID
+    selected = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for item in kos.ContentSequence
+        if item.ValueType in ("IMAGE", "COMPOSITE")
+    }
+    pictures = {o["sop_instance_uid"] for o in case.objects("legacy", "sc")}
+    keys = set()
+    for number in range(1, len(case.bands) + 1):
+        areas = (case.mask.labels == number).reshape(len(case.mask.labels), -1).sum(axis=1)
+        if areas.max() > 0:
+            keys.add(case.mask.sop_instance_uids[int(areas.argmax())])
+    assert selected == keys | pictures
+    assert not [o for p in PROFILES if p != "legacy" for o in case.objects(p, "kos")]
 
 
 def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from dicom_node.settings import ProfileSettings
 from workers.inference.decode import read_instance
 from workers.inference.manifest import Manifest
 from workers.results.keyimages import build_key_images
+from workers.results.kos import build_kos, key_sources
 from workers.results.pmap import build_confidence_map
 from workers.results.seg import Mask, ResultError, build_seg
 from workers.results.sources import repair
@@ -93,16 +94,21 @@ def validate(
     path: Path,
     kind: str,
     known: set[str],
+    *,
     seg_uid: str | None = None,
     previous: Sequence[str] = (),
+    made: Sequence[str] = (),
 ) -> None:
     """Read the object back as its class, and check what it references exists: the sources, its
-    SEG (for an SR) and the reports it replaces."""
+    SEG (for an SR), the reports it replaces, the key images it selects (``made``: for a
+    KOS)."""
     try:
         if kind == "seg":
             back: Dataset = hd.seg.segread(path)
         elif kind == "sr":
             back = hd.sr.srread(path)
+        elif kind == "kos":
+            back = hd.ko.KeyObjectSelectionDocument.from_dataset(dcmread(path))
         else:
             back = dcmread(path)
     except (InvalidDicomError, ValueError, KeyError, AttributeError, TypeError, OSError) as exc:
@@ -112,7 +118,7 @@ def validate(
         if seg_uid not in refs:
             raise ResultError(f"SR {back.SOPInstanceUID} does not reference its SEG {seg_uid}")
         refs.discard(str(seg_uid))
-    unknown = sorted(refs - known - set(previous))
+    unknown = sorted(refs - known - set(previous) - set(made))
     if unknown:
         raise ResultError(f"{kind} {back.SOPInstanceUID} references unknown instance {unknown[0]}")
 
@@ -177,7 +183,8 @@ class _Builder:
         self.weights = summary.weights_sha256
         self.built: dict[Variant, tuple[Dataset, ResultObject]] = {}
         self.key_images: dict[Variant, list[ResultObject]] = {}
-        self.timings = {"seg": 0.0, "pm": 0.0, "sr": 0.0, "sc": 0.0, "validate": 0.0}
+        self.sc_datasets: dict[str, Dataset] = {}
+        self.timings = {"seg": 0.0, "pm": 0.0, "sr": 0.0, "sc": 0.0, "kos": 0.0, "validate": 0.0}
         self.notes: dict[str, None] = {}  # source attributes repaired before copying, in order
 
     def series(self, summary: SeriesSummary) -> _Series:
@@ -279,6 +286,7 @@ class _Builder:
             )
             entries = []
             for image in images:
+                self.sc_datasets[str(image.SOPInstanceUID)] = image
                 path = write_object(image, self.folder, ObjectKind.SC)
                 validate(path, ObjectKind.SC, set(self.source_paths))
                 entries.append(_entry(ObjectKind.SC, path, image, s.summary.series_uid))
@@ -306,7 +314,28 @@ class _Builder:
                 out.append(self.sr(s, seg, profile.sr_class, previous))
         if profile.key_images:
             out += self.sc(s, profile.key_images)
+        if profile.kos:
+            out.append(self.kos(s, profile.key_images))
         return out
+
+    def kos(self, s: _Series, count: int) -> ResultObject:
+        """The selection of the source key images and of this profile's SC key images."""
+        pictures = [
+            self.sc_datasets[e.sop_instance_uid]
+            for e in self.key_images.get(
+                Variant(ObjectKind.SC, s.summary.series_uid, count=count), []
+            )
+        ]
+        return self.once(
+            Variant(ObjectKind.KOS, s.summary.series_uid, count=count),
+            lambda: build_kos(
+                key_sources(s.sources, s.mask, self.manifest) + pictures,
+                self.manifest,
+                weights_sha256=self.weights,
+                at=self.at,
+            ),
+            made=[str(p.SOPInstanceUID) for p in pictures],
+        )
 
 
 def build_results(
