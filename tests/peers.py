@@ -77,9 +77,13 @@ class OrthancPeer:
 
 @contextmanager
 def orthanc(
-    workdir: Path, modalities: dict[str, list[Any]] | None = None, aet: str = "ORTHANC"
+    workdir: Path,
+    modalities: dict[str, list[Any]] | None = None,
+    aet: str = "ORTHANC",
+    extra: dict[str, Any] | None = None,
 ) -> Iterator[OrthancPeer]:
-    """Orthanc with its own config and storage (PITFALLS 12: it binds all interfaces)."""
+    """Orthanc with its own config and storage (PITFALLS 12: it binds all interfaces);
+    ``extra`` is merged into its config (plugins, for one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     peer = OrthancPeer(free_port(), free_port(), aet, workdir)
     config = {
@@ -100,6 +104,7 @@ def orthanc(
         "DicomAlwaysAllowEcho": True,
         "StorageCompression": False,
         "SaveJobs": False,
+        **(extra or {}),
     }
     (workdir / "orthanc.json").write_text(json.dumps(config))
     peer.start()

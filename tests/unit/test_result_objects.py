@@ -125,31 +125,39 @@ def test_the_sr_carries_each_segments_measurements_and_findings(
     assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
     report = hd.sr.ComprehensiveSR.from_dataset(dcmread(encoded(sr)))
     groups = report.content.get_volumetric_roi_measurement_groups()
-    assert len(groups) == 4
-    for group, expected in zip(groups, measures, strict=True):
+    assert expected_empty(measures) == [4]  # air: nothing in these 4 slices
+    assert len(groups) == 3  # a group per segment with voxels
+    for group, expected in zip(groups, measures[:3], strict=True):
         volume = next(m for m in group.get_measurements() if m.name == codes.SCT.Volume)
         assert volume.value == pytest.approx(expected.volume_ml, abs=1e-3)
         assert volume.unit == hd.sr.CodedConcept("mL", "UCUM", "milliliter")
-        if expected.voxels:
-            derived = [m for m in group.get_measurements() if m.derivation is not None]
-            mean = next(m for m in derived if m.derivation == codes.SCT.Mean)
-            assert mean.value == pytest.approx(expected.mean, abs=1e-3)
-            assert mean.unit == codes.UCUM.HounsfieldUnit
+        mean = next(m for m in group.get_measurements() if m.name == codes.SCT.Mean)
+        assert mean.value == pytest.approx(expected.mean, abs=1e-3)
+        assert mean.unit == codes.UCUM.HounsfieldUnit
         assert group.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == (
             expected.value
         )
+    # the empty segment is said in words, under Qualitative Evaluations
+    (said,) = [
+        i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    ]
+    assert [i.TextValue for i in said.ContentSequence] == ["air (segment 4): not found, 0 mL"]
     finding = manifest.findings[0].name.value
 
     def evaluated(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> list:
         return [e.value for e in group.get_qualitative_evaluations() if e.name.value == finding]
 
     assert evaluated(groups[2]) == [codes.SCT.Present]  # 0.7 >= 0.6, volume >= 1 mL
-    assert [evaluated(g) for g in (groups[0], groups[1], groups[3])] == [[], [], []]
+    assert [evaluated(g) for g in (groups[0], groups[1])] == [[], []]
     measures[2] = measure(mask, sources, 3, 0.5)
     unsure = build_sr(seg, sources, mask, measures, manifest, weights_sha256=WEIGHTS, at=AT)
     read = hd.sr.ComprehensiveSR.from_dataset(unsure).content
     bone = read.get_volumetric_roi_measurement_groups()[2]
     assert evaluated(bone) == [codes.SCT.Absent]
+
+
+def expected_empty(measures: list[LabelMeasure]) -> list[int]:
+    return [m.value for m in measures if not m.voxels]
 
 
 def test_a_finding_needs_voxels_volume_and_probability(manifest: Manifest) -> None:

@@ -142,25 +142,30 @@ def test_every_segment_with_voxels_is_drawn_on_its_key_image(
         centres = np.stack([columns + 0.5, rows + 0.5], axis=1)
         nearest = np.sqrt(((points[:, None, :] - centres[None]) ** 2).sum(-1)).min(axis=1)
         assert nearest.max() <= 0.75
-        # what OHIF shows first: the volume in mL, then the mean HU
-        first, second = group.get_measurements()
+        assert group.finding_type is not None
+        assert not group.get_measurements()  # the numbers are the finding's volumetric group's
+    # what OHIF shows first, from the volumetric group it merges in: the volume in mL, then the
+    # mean HU, named as OHIF names them
+    report = hd.sr.ComprehensiveSR.from_dataset(read_back(sr)).content
+    for value, group in zip((1, 2, 3), report.get_volumetric_roi_measurement_groups(), strict=True):
+        first, second, *_ = group.get_measurements()
         assert first.name == codes.SCT.Volume and first.unit.value == "mL"
         assert first.value == pytest.approx(by_value[value].volume_ml, rel=1e-3)
-        assert second.name == codes.DCM.AttenuationCoefficient
-        assert second.unit == codes.UCUM.HounsfieldUnit
+        assert second.name == codes.SCT.Mean and second.unit == codes.UCUM.HounsfieldUnit
         assert second.value == pytest.approx(by_value[value].mean, abs=1e-2)
-        assert group.finding_type is not None
 
 
-def test_each_group_has_its_own_tracking_identifier_and_uid(sr: Dataset) -> None:
+def test_a_segments_two_groups_are_one_finding_with_one_tracking_uid(sr: Dataset) -> None:
+    """OHIF merges groups by Tracking UID, and stops loading an SR on a group it cannot draw:
+    each volumetric group has a planar twin with the same identifier and UID."""
     report = hd.sr.ComprehensiveSR.from_dataset(read_back(sr)).content
-    groups = (
-        report.get_volumetric_roi_measurement_groups() + report.get_planar_roi_measurement_groups()
-    )
-    assert len(groups) == 4 + 3
-    uids = [g.tracking_uid for g in groups]
-    assert all(uids) and len(set(uids)) == len(uids)
-    assert all(g.tracking_identifier for g in groups)
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    planar = report.get_planar_roi_measurement_groups()
+    assert len(volumetric) == len(planar) == 3  # air has no voxels: no group
+    pairs = [(v.tracking_uid, p.tracking_uid) for v, p in zip(volumetric, planar, strict=True)]
+    assert all(a == b and a for a, b in pairs)
+    assert len({a for a, _ in pairs}) == 3
+    assert [v.tracking_identifier for v in volumetric] == [p.tracking_identifier for p in planar]
 
 
 def test_the_image_library_lists_the_key_images(sr: Dataset, mask: Mask) -> None:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -57,22 +57,22 @@ INTENSITY = {
 
 
 def _measurements(label_summary: LabelMeasure, modality: str) -> list[hd.sr.Measurement]:
+    """Volume first, then the mean and SD of the intensity (HU for CT). Mean and SD are named
+    as OHIF and its cornerstone adapters name them (SCT Mean, Standard Deviation, in the
+    modality's unit): OHIF shows a NUM's concept name and no derivation, so "Attenuation
+    Coefficient" twice would not say which line is the mean."""
     out = [
         hd.sr.Measurement(
             name=codes.SCT.Volume, value=round(label_summary.volume_ml, 3), unit=MILLILITER
         )
     ]
     if label_summary.voxels and modality in INTENSITY:
-        name, unit = INTENSITY[modality]
-        for derivation, value in (
+        unit = INTENSITY[modality][1]
+        for name, value in (
             (codes.SCT.Mean, label_summary.mean),
             (codes.SCT.StandardDeviation, label_summary.std),
         ):
-            out.append(
-                hd.sr.Measurement(
-                    name=name, value=round(value or 0.0, 3), unit=unit, derivation=derivation
-                )
-            )
+            out.append(hd.sr.Measurement(name=name, value=round(value or 0.0, 3), unit=unit))
     return out
 
 
@@ -213,9 +213,12 @@ def _segments(
     return out
 
 
-def _tracking(kind: str, manifest: Manifest, seg: Dataset, s: _Segment) -> hd.sr.TrackingIdentifier:
+def _tracking(manifest: Manifest, seg: Dataset, s: _Segment) -> hd.sr.TrackingIdentifier:
+    """One finding, one tracking identifier and UID: a segment's volumetric and planar groups
+    share them. OHIF merges groups by Tracking UID, and fails to load an SR holding a group it
+    cannot draw on its own (OHIF 3.13.2: a volumetric group alone stops the viewport)."""
     return hd.sr.TrackingIdentifier(
-        uid=derived_uid(kind, manifest, [seg.SOPInstanceUID], str(s.number)),
+        uid=derived_uid("tracking", manifest, [seg.SOPInstanceUID], str(s.number)),
         identifier=f"{s.label.name} (segment {s.number})"[:64],
     )
 
@@ -225,7 +228,7 @@ def _volumetric(
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """TID 1411: the segment by reference, with every measurement (Slicer, dcmqi)."""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking("tracking", manifest, seg, s),
+        tracking_identifier=_tracking(manifest, seg, s),
         referenced_segment=hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
@@ -244,18 +247,43 @@ def _volumetric(
 def _planar(
     s: _Segment, seg: Dataset, where: Region, source: Dataset, manifest: Manifest, *, sr_class: str
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 on the key image, for OHIF: its outline, and the lines that matter first
-    (volume, then mean intensity; OHIF shows three lines: these two and the finding site)."""
+    """TID 1410 on the key image, for OHIF: the finding's outline. Its numbers are in the
+    volumetric group of the same finding (the same Tracking UID), and OHIF, which merges the
+    two, lists them once: volume first, then the mean intensity, then the finding site."""
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking("tracking-planar", manifest, seg, s),
+        tracking_identifier=_tracking(manifest, seg, s),
         referenced_region=_drawn(where, source, sr_class),
         finding_type=concept(s.label.type),
         finding_category=concept(s.label.category),
         algorithm_id=hd.sr.AlgorithmIdentification(name=manifest.name, version=manifest.version),
         finding_sites=[s.site] if s.site else None,
-        measurements=s.measurements[:2],
         qualitative_evaluations=s.evaluations or None,
     )
+
+
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+
+
+def _not_found(segments: Sequence[_Segment]) -> hd.sr.ContainerContentItem:
+    """TID 1500's Qualitative Evaluations: the segments the model found nothing of, in words,
+    with their findings (Absent). They get no measurement group: there is nothing to draw, and
+    OHIF stops loading an SR on a group it cannot draw."""
+    items: list[hd.sr.ContentItem] = []
+    for s in segments:
+        items.append(
+            hd.sr.TextContentItem(
+                name=codes.DCM.Finding,
+                value=f"{s.label.name} (segment {s.number}): not found, 0 mL",
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+        for evaluation in s.evaluations:
+            items.extend(cast(list[hd.sr.ContentItem], evaluation))  # its CODE item
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
 
 
 def build_sr(
@@ -273,35 +301,39 @@ def build_sr(
     """The report on ``seg`` (built by ``workers.results.seg`` from ``sources`` and ``mask``);
     ``labels_summary`` is the pipeline's per-label measurement list for the SEG's series.
 
-    Per segment: a volumetric group (TID 1411) referencing the segment, and, when the segment
-    has voxels, a planar group (TID 1410) outlining it on its key image. The key images are the
+    Per segment with voxels: a volumetric group (TID 1411) referencing the segment, with the
+    measurements, and a planar group (TID 1410) outlining it on its key image, one finding with
+    one Tracking UID. Segments without voxels are listed as not found. The key images are the
     Image Library; the evidence is the whole source series and the SEG."""
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     first = sources[0]
     modality = str(getattr(first, "Modality", ""))
-    segments = _segments(manifest, labels_summary, modality, first)
-    groups: list[Any] = [
-        _volumetric(s, seg, str(first.SeriesInstanceUID), manifest) for s in segments
-    ]
+    groups: list[Any] = []
+    drawn: list[Any] = []
+    empty: list[_Segment] = []
     key_images: dict[str, Dataset] = {}
-    for s in segments:
+    for s in _segments(manifest, labels_summary, modality, first):
         where = region(mask, s.label.value)
         if where is None:
-            continue  # nothing to draw; the volumetric group says 0 mL
+            empty.append(s)
+            continue
         source = by_uid[where.sop_instance_uid]
         key_images[where.sop_instance_uid] = source
-        groups.append(_planar(s, seg, where, source, manifest, sr_class=sr_class))
+        groups.append(_volumetric(s, seg, str(first.SeriesInstanceUID), manifest))
+        drawn.append(_planar(s, seg, where, source, manifest, sr_class=sr_class))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(
             observer_device_context=device_observer(manifest, weights_sha256)
         ),
         procedure_reported=PROCEDURES.get(modality, IMAGING),
-        imaging_measurements=groups,
+        imaging_measurements=groups + drawn,
         title=codes.cid7021.ImagingMeasurementReport,
         # highdicom's Image Library entry reads single-frame geometry; a multi-frame source is
         # still referenced in the evidence and by each region
         referenced_images=None if _multiframe(first) else list(key_images.values()) or [first],
     )
+    if empty:
+        report[0].ContentSequence.append(_not_found(empty))
     said = json.dumps([asdict(m) for m in labels_summary], sort_keys=True)
     variant = (sr_class, str(seg.SOPInstanceUID), content_digest(said, weights_sha256))
     uids = [str(seg.SOPInstanceUID)]
