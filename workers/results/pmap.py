@@ -1,10 +1,12 @@
 """The model's confidence as a DICOM Parametric Map: where the model is unsure.
 
 Per source frame, the largest class probability the model gave each voxel (max softmax, 0..1),
-stored as unsigned 16-bit integers with a Real World Value Mapping (value / 1000 = probability),
-so viewers that show Parametric Maps (OHIF, Slicer, Weasis) window it like any image and read
-the true value. A FRACTIONAL SEG would carry the same numbers, but OHIF and Slicer do not
-display it (PITFALLS 19). The map lands on the same frames as the SEG, in the same study.
+stored as 32-bit floats (Float Pixel Data) with an identity Real World Value Mapping. OHIF
+(through dcmjs) reads Parametric Maps of 32-bit data only, and then shows the map over the
+source in its volume viewport; Slicer and Weasis read it too. Stored as 16-bit integers it was
+half the size, and OHIF drew nothing ("Only works with 32 bit data, not 16"). A FRACTIONAL SEG
+would carry the same numbers, but OHIF and Slicer do not display it (PITFALLS 19). The map
+lands on the same frames as the SEG, in the same study.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from workers.results.provenance import (
 from workers.results.seg import Mask, ResultError, building, frame_order
 
 PM_SERIES_NUMBER = 9004
-SCALE = 1000  # stored value per unit of probability
+SCALE = 255  # the mask's confidence: 255 = probability 1.0
 
 
 def _with_charset(ds: Dataset) -> Dataset:
@@ -57,15 +59,14 @@ def build_confidence_map(
         raise ResultError("a confidence map was asked for, but the mask kept no confidence")
     order = frame_order(mask, sources)
     sources = [_with_charset(ds) for ds in sources]
-    stored = np.rint(mask.confidence[order].astype(np.float32) * (SCALE / 255.0))
-    pixels = stored.astype(np.uint16)
+    pixels = mask.confidence[order].astype(np.float32) / np.float32(SCALE)
     content = content_digest(pixels.tobytes(), weights_sha256)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="CONFIDENCE",
         lut_explanation="max softmax probability",
         unit=codes.UCUM.NoUnits,
-        value_range=(0, SCALE),
-        slope=1.0 / SCALE,
+        value_range=(0.0, 1.0),
+        slope=1.0,
         intercept=0.0,
         quantity_definition=codes.DCM.Probability,
     )
@@ -84,9 +85,7 @@ def build_confidence_map(
             device_serial_number="0",
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping],
-            voi_lut_transformations=[
-                hd.VOILUTTransformation(window_center=SCALE / 2, window_width=SCALE)
-            ],
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=0.5, window_width=1.0)],
             content_label="AI_CONFIDENCE",
             content_description=(
                 f"{manifest.name} {manifest.version} confidence: not for diagnostic use"

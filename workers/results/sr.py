@@ -261,6 +261,35 @@ def _planar(
     )
 
 
+SOURCE = hd.sr.CodedConcept("260753009", "SCT", "Source")
+
+
+def _frame_library(source: Dataset, frames: Sequence[int]) -> hd.sr.ContainerContentItem:
+    """The Image Library for a multi-frame source: its key frames as IMAGE entries (OHIF finds
+    the images a report draws on through the library), without the per-image descriptors
+    highdicom reads from single-frame headers."""
+    group = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibraryGroup, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    group.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.ImageContentItem(
+                name=SOURCE,
+                referenced_sop_class_uid=str(source.SOPClassUID),
+                referenced_sop_instance_uid=str(source.SOPInstanceUID),
+                referenced_frame_numbers=[frame],
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+            for frame in frames
+        ]
+    )
+    library = hd.sr.ContainerContentItem(
+        name=codes.DCM.ImageLibrary, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    library.ContentSequence = hd.sr.ContentSequence([group])
+    return library
+
+
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 
@@ -312,6 +341,7 @@ def build_sr(
     drawn: list[Any] = []
     empty: list[_Segment] = []
     key_images: dict[str, Dataset] = {}
+    key_frames: dict[int, None] = {}
     for s in _segments(manifest, labels_summary, modality, first):
         where = region(mask, s.label.value)
         if where is None:
@@ -319,6 +349,7 @@ def build_sr(
             continue
         source = by_uid[where.sop_instance_uid]
         key_images[where.sop_instance_uid] = source
+        key_frames[where.frame_number] = None
         groups.append(_volumetric(s, seg, str(first.SeriesInstanceUID), manifest))
         drawn.append(_planar(s, seg, where, source, manifest, sr_class=sr_class))
     report = hd.sr.MeasurementReport(
@@ -328,10 +359,18 @@ def build_sr(
         procedure_reported=PROCEDURES.get(modality, IMAGING),
         imaging_measurements=groups + drawn,
         title=codes.cid7021.ImagingMeasurementReport,
-        # highdicom's Image Library entry reads single-frame geometry; a multi-frame source is
-        # still referenced in the evidence and by each region
+        # highdicom's Image Library entry reads single-frame geometry: a multi-frame source's
+        # library is made below
         referenced_images=None if _multiframe(first) else list(key_images.values()) or [first],
     )
+    if _multiframe(first):
+        items = report[0].ContentSequence
+        before = next(  # TID 1500 puts the library just before Imaging Measurements
+            i
+            for i, item in enumerate(items)
+            if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+        )
+        items.insert(before, _frame_library(first, list(key_frames) or [1]))
     if empty:
         report[0].ContentSequence.append(_not_found(empty))
     said = json.dumps([asdict(m) for m in labels_summary], sort_keys=True)
