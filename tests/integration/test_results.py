@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 from datetime import UTC, datetime
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from workers.inference.decode import pixel_array
 from workers.inference.runners import ModelCache
 from workers.results.build import build_results, load_mask
 from workers.results.keyimages import BANNER
+from workers.results.provenance import model_uid
 from workers.results.regular import Grid, regularise
 from workers.results.seg import ResultError
 
@@ -86,7 +88,7 @@ def source_values(path: Path) -> dict[int, np.ndarray]:
 
 class Case:
     def __init__(self, tmp: Path, files: list[Path], bands: tuple[float, ...], **build: Any):
-        self.files, self.bands = files, bands
+        self.tmp, self.files, self.bands = tmp, files, bands
         extra = FINDINGS.format(label=len(bands))
         build_model(tmp / "models", "bands", "torchscript", threshold_hu=bands, extra=extra)
         manifest = tmp / "models" / "bands" / "manifest.toml"
@@ -361,6 +363,63 @@ def test_the_key_object_selection_flags_the_key_images(case: Case) -> None:
     assert not [o for p in PROFILES if p != "legacy" for o in case.objects(p, "kos")]
 
 
+AIR_REQUIREMENTS = (
+    "every object: in the source study",
+    "every object: Contributing Equipment 'Processing Algorithm' with Manufacturer, Model Name, "
+    "Software Versions and the model version's Device UID",
+    "SR: TID 1500 root with ContentTemplateSequence 1500 (DCMR)",
+    "SR: CurrentRequestedProcedureEvidenceSequence lists the source series and the SEG",
+    "SR: the observer is the algorithm (a device), with the model's UID",
+    "KOS per profile (legacy here): the key images, evidence in the source study",
+)
+
+
+def test_ihe_air_evidence_creator_conformance(case: Case) -> None:
+    """IHE AI Results, checked on every produced object; each requirement is listed above."""
+    source = dcmread(next(iter(case.paths.values())), stop_before_pixels=True)
+    device = model_uid(case.manifest)
+    checked = set()
+    for profile, objects in case.results["objects"].items():
+        for obj in objects:
+            ds = dcmread(obj["path"], stop_before_pixels=True)
+            assert ds.StudyInstanceUID == source.StudyInstanceUID, (profile, obj["kind"])
+            checked.add(AIR_REQUIREMENTS[0])
+            [algorithm] = [
+                e
+                for e in ds.ContributingEquipmentSequence
+                if e.PurposeOfReferenceCodeSequence[0].CodeMeaning == "Processing Algorithm"
+            ]
+            assert algorithm.Manufacturer and algorithm.ManufacturerModelName == "bands"
+            assert "bands 1.0.0" in list(algorithm.SoftwareVersions)
+            assert algorithm.DeviceUID == device
+            checked.add(AIR_REQUIREMENTS[1])
+            if obj["kind"] == "sr":
+                (template,) = ds.ContentTemplateSequence
+                assert (template.MappingResource, template.TemplateIdentifier) == ("DCMR", "1500")
+                checked.add(AIR_REQUIREMENTS[2])
+                [seg_obj] = [o for o in objects if o["kind"] == "seg"]
+                (study,) = ds.CurrentRequestedProcedureEvidenceSequence
+                series = {s.SeriesInstanceUID: s for s in study.ReferencedSeriesSequence}
+                listed = {
+                    i.ReferencedSOPInstanceUID
+                    for s in series.values()
+                    for i in s.ReferencedSOPSequence
+                }
+                assert source.SeriesInstanceUID in series
+                assert listed == {seg_obj["sop_instance_uid"], *case.paths}
+                checked.add(AIR_REQUIREMENTS[3])
+                sr = hd.sr.srread(obj["path"])
+                (observer,) = sr.content.get_observer_contexts()
+                assert observer.observer_type == codes.DCM.Device
+                assert observer.observer_identifying_attributes.uid == device
+                checked.add(AIR_REQUIREMENTS[4])
+            if obj["kind"] == "kos":
+                (study,) = ds.CurrentRequestedProcedureEvidenceSequence
+                assert study.StudyInstanceUID == source.StudyInstanceUID
+                checked.add(AIR_REQUIREMENTS[5])
+    assert checked == set(AIR_REQUIREMENTS)
+
+
 def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:
     again = build_results(
         case.job, case.manifest, PROFILES, case.paths, at=datetime.now(UTC)
@@ -394,6 +453,67 @@ def tilted(testdata: Path, tmp_path_factory: pytest.TempPathFactory) -> Case:
         CT_BANDS,
         profiles={"default": PROFILES["default"]},
     )
+
+
+def _files(results: dict[str, Any]) -> dict[str, bytes]:
+    return {
+        o["sop_instance_uid"]: Path(o["path"]).read_bytes()
+        for objects in results["objects"].values()
+        for o in objects
+    }
+
+
+def test_a_rerun_that_changes_nothing_makes_the_same_objects_byte_for_byte(
+    tilted: Case,
+) -> None:
+    """A re-run of the same model on the same inputs: every object has the UID it had, and the
+    same bytes (the earlier run's file, not a new one with new creation times): the PACS gets
+    what it may already hold. A re-send sends that file again."""
+    job = run_model(tilted.tmp / "models", "bands", tilted.files, tilted.tmp / "results", "job-2")
+    [first_sr] = tilted.objects("default", "sr")
+    again = build_results(
+        job,
+        tilted.manifest,
+        {"default": PROFILES["default"]},
+        tilted.paths,
+        at=datetime.now(UTC),
+        previous={"default": [Path(first_sr["path"])]},
+    ).to_json()
+    before = _files(tilted.results)
+    after = _files(again)
+    assert set(after) <= set(before)  # the same UIDs
+    for uid, data in after.items():
+        assert data == before[uid], uid  # and the same bytes
+    sr = dcmread(BytesIO(after[first_sr["sop_instance_uid"]]))
+    assert "PredecessorDocumentsSequence" not in sr  # it does not replace itself
+
+
+def test_a_rerun_that_changes_the_content_gets_new_uids_naming_the_old(tilted: Case) -> None:
+    """Other weights (a retrained model, same name and version) give another mask: new SEG and
+    SR UIDs, and the new SR names the old one as its predecessor, never itself."""
+    models = tilted.tmp / "retrained"
+    build_model(models, "bands", "torchscript", threshold_hu=(-500.5, -50.5, 250.5))
+    job = run_model(models, "bands", tilted.files, tilted.tmp / "results", "job-3")
+    manifest = ModelCache(models, "cpu").get("bands").manifest
+    [first_sr] = tilted.objects("default", "sr")
+    changed = build_results(
+        job,
+        manifest,
+        {"default": PROFILES["default"]},
+        tilted.paths,
+        at=datetime.now(UTC),
+        previous={"default": [Path(first_sr["path"])]},
+    ).to_json()
+    assert not set(_files(changed)) & set(_files(tilted.results))  # no UID reused
+    [sr_obj] = [o for o in changed["objects"]["default"] if o["kind"] == "sr"]
+    sr = dcmread(sr_obj["path"])
+    [study] = sr.PredecessorDocumentsSequence
+    named = [
+        s.ReferencedSOPInstanceUID
+        for x in study.ReferencedSeriesSequence
+        for s in x.ReferencedSOPSequence
+    ]
+    assert named == [first_sr["sop_instance_uid"]] and sr.SOPInstanceUID not in named
 
 
 def test_new_results_name_the_reports_they_replace(tilted: Case) -> None:

@@ -50,13 +50,22 @@ def load_mask(path: Path) -> Mask:
         )
 
 
-def write_object(ds: Dataset, folder: Path, kind: str) -> Path:
-    """``<kind>-<SOPInstanceUID>.dcm``, written to a temp name, fsynced, renamed."""
+def write_object(ds: Dataset, folder: Path, kind: str, earlier: Sequence[Path] = ()) -> Path:
+    """``<kind>-<SOPInstanceUID>.dcm``, written to a temp name, fsynced, renamed.
+
+    One UID, one content, one set of bytes: when an earlier build (another attempt, or the run
+    these results replace) made an object with this UID, its UID says it has the same content
+    (``provenance.content_digest``), and its bytes are copied rather than written anew with new
+    creation times. The PACS then gets exactly the object it may already hold."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{kind}-{ds.SOPInstanceUID}.dcm"
     temp = path.with_suffix(".tmp")
+    same = next((f / path.name for f in earlier if (f / path.name).is_file() and f != folder), None)
     with temp.open("wb") as f:
-        ds.save_as(f, enforce_file_format=True)
+        if same is not None:
+            f.write(same.read_bytes())
+        else:
+            ds.save_as(f, enforce_file_format=True)
         f.flush()
         os.fsync(f.fileno())
     temp.rename(path)
@@ -171,6 +180,7 @@ class _Builder:
         *,
         at: datetime,
         workers: int,
+        earlier: Sequence[Path] = (),
     ) -> None:
         self.manifest, self.source_paths, self.at, self.workers = (
             manifest,
@@ -180,6 +190,8 @@ class _Builder:
         )
         self.job_dir = Path(summary.path)
         self.folder = self.job_dir / OBJECTS
+        # where objects of earlier builds are: this job's other attempts, the replaced run's
+        self.earlier = [*sorted(self.job_dir.parent.glob(f"attempt-*/{OBJECTS}")), *earlier]
         self.weights = summary.weights_sha256
         self.built: dict[Variant, tuple[Dataset, ResultObject]] = {}
         self.key_images: dict[Variant, list[ResultObject]] = {}
@@ -203,7 +215,7 @@ class _Builder:
             t0 = time.perf_counter()
             ds = make()
             t1 = time.perf_counter()
-            path = write_object(ds, self.folder, variant.kind)
+            path = write_object(ds, self.folder, variant.kind, self.earlier)
             validate(path, variant.kind, set(self.source_paths), **check)
             self.timings[variant.kind] += t1 - t0
             self.timings["validate"] += time.perf_counter() - t1
@@ -287,7 +299,7 @@ class _Builder:
             entries = []
             for image in images:
                 self.sc_datasets[str(image.SOPInstanceUID)] = image
-                path = write_object(image, self.folder, ObjectKind.SC)
+                path = write_object(image, self.folder, ObjectKind.SC, self.earlier)
                 validate(path, ObjectKind.SC, set(self.source_paths))
                 entries.append(_entry(ObjectKind.SC, path, image, s.summary.series_uid))
             self.key_images[variant] = entries
@@ -352,7 +364,8 @@ def build_results(
     """Objects per profile name, plus build timings. ``previous``: per profile, the SR files of
     the results these replace (``PredecessorDocumentsSequence``). ``confidence``: a Parametric
     Map of the model's confidence goes with every SEG (the rule's ``confidence_map``)."""
-    builder = _Builder(summary, manifest, source_paths, at=at, workers=workers)
+    earlier = sorted({p.parent for paths in (previous or {}).values() for p in paths})
+    builder = _Builder(summary, manifest, source_paths, at=at, workers=workers, earlier=earlier)
     per_profile: dict[str, list[ResultObject]] = {name: [] for name in profiles}
     if "seg" in manifest.outputs:
         for series in summary.series:
