@@ -24,7 +24,7 @@ from workers.results.provenance import (
     series_description,
     stamp,
 )
-from workers.results.regions import key_frame
+from workers.results.regions import key_frame, label_areas
 from workers.results.seg import Mask, building, ordered_labels
 
 KOS_SERIES_NUMBER = 9005
@@ -33,8 +33,9 @@ KOS_SERIES_NUMBER = 9005
 def key_sources(sources: Mapping[str, Dataset], mask: Mask, manifest: Manifest) -> list[Dataset]:
     """Each segment's key source image (once, in segment order); segments without voxels none."""
     chosen: dict[str, Dataset] = {}
+    areas = label_areas(mask)
     for label in ordered_labels(manifest):
-        k = key_frame(mask, label.value)
+        k = key_frame(mask, label.value, areas)
         if k is not None:
             uid = mask.sop_instance_uids[k]
             chosen.setdefault(uid, sources[uid])

@@ -31,11 +31,18 @@ class Region:
     points: np.ndarray  # float [n, 2]: (column, row), closed (last == first)
 
 
-def key_frame(mask: Mask, value: int) -> int | None:
-    """The mask frame where label ``value`` covers the most pixels; None when it has none."""
-    areas = (mask.labels == value).reshape(mask.labels.shape[0], -1).sum(axis=1)
-    k = int(np.argmax(areas))
-    return k if areas[k] > 0 else None
+def label_areas(mask: Mask) -> np.ndarray:
+    """Pixels per label value per frame: int [frames, 256], in one pass over the mask."""
+    flat = mask.labels.reshape(mask.labels.shape[0], -1)
+    return np.stack([np.bincount(frame, minlength=256) for frame in flat])
+
+
+def key_frame(mask: Mask, value: int, areas: np.ndarray | None = None) -> int | None:
+    """The mask frame where label ``value`` covers the most pixels; None when it has none.
+    ``areas``: ``label_areas(mask)``, when the caller asks for several labels."""
+    per_frame = (label_areas(mask) if areas is None else areas)[:, value]
+    k = int(np.argmax(per_frame))
+    return k if per_frame[k] > 0 else None
 
 
 def _area(line: np.ndarray) -> float:
@@ -67,9 +74,9 @@ def outline(inside: np.ndarray, most: int = MAX_POINTS) -> np.ndarray:
     return _thinned(line - 1 + 0.5, most)
 
 
-def region(mask: Mask, value: int) -> Region | None:
+def region(mask: Mask, value: int, areas: np.ndarray | None = None) -> Region | None:
     """Label ``value``'s outline on its key frame; None when the label has no voxels."""
-    k = key_frame(mask, value)
+    k = key_frame(mask, value, areas)
     if k is None:
         return None
     return Region(

@@ -39,7 +39,7 @@ from workers.results.provenance import (
     series_description,
     stamp,
 )
-from workers.results.regions import Region, in_patient, region
+from workers.results.regions import Region, in_patient, label_areas, region
 from workers.results.seg import Mask, ResultError, building, ordered_labels
 
 SR_SERIES_NUMBER = 9002
@@ -342,8 +342,9 @@ def build_sr(
     empty: list[_Segment] = []
     key_images: dict[str, Dataset] = {}
     key_frames: dict[int, None] = {}
+    areas = label_areas(mask)
     for s in _segments(manifest, labels_summary, modality, first):
-        where = region(mask, s.label.value)
+        where = region(mask, s.label.value, areas)
         if where is None:
             empty.append(s)
             continue
