@@ -137,11 +137,15 @@ def test_the_sr_carries_each_segments_measurements_and_findings(
         assert group.referenced_segment[0].ReferencedSOPSequence[0].ReferencedSegmentNumber == (
             expected.value
         )
-    # the empty segment is said in words, under Qualitative Evaluations
+    # the findings and the empty segment are said in words, under Qualitative Evaluations
     (said,) = [
         i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"
     ]
-    assert [i.TextValue for i in said.ContentSequence] == ["air (segment 4): not found, 0 mL"]
+    bone = measures[2]
+    assert [i.TextValue for i in said.ContentSequence] == [
+        f"Bone: present (bone, {bone.volume_ml:.1f} mL, highest probability 0.70)",
+        "air (segment 4): not found, 0 mL",
+    ]
     finding = manifest.findings[0].name.value
 
     def evaluated(group: hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations) -> list:

@@ -112,6 +112,21 @@ def _findings(
     return evaluations, probabilities
 
 
+def finding_text(manifest: Manifest, label: Label, label_summary: LabelMeasure) -> list[str]:
+    """Each of the label's findings as a sentence a radiologist reads in any SR view."""
+    out = []
+    for finding in manifest.findings:
+        if finding.label != label.value:
+            continue
+        said = "present" if finding_present(finding, label_summary) else "absent"
+        probability = label_summary.max_probability
+        odds = f", highest probability {probability:.2f}" if probability is not None else ""
+        out.append(
+            f"{finding.name.meaning}: {said} ({label.name}, {label_summary.volume_ml:.1f} mL{odds})"
+        )
+    return out
+
+
 def _multiframe(ds: Dataset) -> bool:
     return int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
 
@@ -293,21 +308,34 @@ def _frame_library(source: Dataset, frames: Sequence[int]) -> hd.sr.ContainerCon
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 
 
-def _not_found(segments: Sequence[_Segment]) -> hd.sr.ContainerContentItem:
-    """TID 1500's Qualitative Evaluations: the segments the model found nothing of, in words,
-    with their findings (Absent). They get no measurement group: there is nothing to draw, and
-    OHIF stops loading an SR on a group it cannot draw."""
+def _summary(
+    manifest: Manifest, segments: Sequence[_Segment], empty: Sequence[_Segment]
+) -> hd.sr.ContainerContentItem | None:
+    """TID 1500's Qualitative Evaluations, in words: every finding (present or absent, with
+    the volume and the highest probability), and the segments the model found nothing of. The
+    empty segments' coded findings (Absent) are here too: they get no measurement group, as
+    there is nothing to draw and OHIF stops loading an SR on a group it cannot draw."""
     items: list[hd.sr.ContentItem] = []
-    for s in segments:
+
+    def text(value: str) -> None:
         items.append(
             hd.sr.TextContentItem(
                 name=codes.DCM.Finding,
-                value=f"{s.label.name} (segment {s.number}): not found, 0 mL",
+                value=value[:1024],
                 relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
             )
         )
+
+    if "findings" in manifest.outputs:
+        for s in segments:
+            for line in finding_text(manifest, s.label, s.summary):
+                text(line)
+    for s in empty:
+        text(f"{s.label.name} (segment {s.number}): not found, 0 mL")
         for evaluation in s.evaluations:
             items.extend(cast(list[hd.sr.ContentItem], evaluation))  # its CODE item
+    if not items:
+        return None
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -339,11 +367,12 @@ def build_sr(
     modality = str(getattr(first, "Modality", ""))
     groups: list[Any] = []
     drawn: list[Any] = []
+    segments = _segments(manifest, labels_summary, modality, first)
     empty: list[_Segment] = []
     key_images: dict[str, Dataset] = {}
     key_frames: dict[int, None] = {}
     areas = label_areas(mask)
-    for s in _segments(manifest, labels_summary, modality, first):
+    for s in segments:
         where = region(mask, s.label.value, areas)
         if where is None:
             empty.append(s)
@@ -372,8 +401,9 @@ def build_sr(
             if item.ConceptNameCodeSequence[0].CodeValue == "126010"
         )
         items.insert(before, _frame_library(first, list(key_frames) or [1]))
-    if empty:
-        report[0].ContentSequence.append(_not_found(empty))
+    summary = _summary(manifest, segments, empty)
+    if summary is not None:
+        report[0].ContentSequence.append(summary)
     said = json.dumps([asdict(m) for m in labels_summary], sort_keys=True)
     variant = (sr_class, str(seg.SOPInstanceUID), content_digest(said, weights_sha256))
     uids = [str(seg.SOPInstanceUID)]
