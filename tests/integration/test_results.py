@@ -148,7 +148,7 @@ def test_every_object_of_a_two_spacing_series_is_valid(variable: Case) -> None:
     all_valid(variable)
 
 
-def all_valid(case: Case) -> None:
+def all_valid(case: Case, expected: frozenset[str] = frozenset({"seg", "sr", "sc", "kos"})) -> None:
     kinds = set()
     for profile, objects in case.results["objects"].items():
         for obj in objects:
@@ -158,7 +158,7 @@ def all_valid(case: Case) -> None:
                 code, err = dsrdump_ok(path)
                 assert code == 0, err
             kinds.add(obj["kind"])
-    assert kinds == {"seg", "sr", "sc", "kos"}
+    assert kinds == expected
 
 
 def regular_grid(case: Case) -> Grid | None:
@@ -418,6 +418,23 @@ def test_ihe_air_evidence_creator_conformance(case: Case) -> None:
                 assert study.StudyInstanceUID == source.StudyInstanceUID
                 checked.add(AIR_REQUIREMENTS[5])
     assert checked == set(AIR_REQUIREMENTS)
+
+
+def test_a_result_with_nothing_found_is_still_a_valid_report(
+    testdata: Path, tmp_path: Path
+) -> None:
+    """A negative study: the SEG has empty segments, the SR says "not found" with no group to
+    draw, and the legacy profile's key images and KOS are simply not made (no job failure)."""
+    nothing = Case(tmp_path, series_files(testdata, TILTED), (5000.5,))
+    kinds = [o["kind"] for o in nothing.results["objects"]["legacy"]]
+    assert kinds == ["seg", "sr"]
+    all_valid(nothing, frozenset({"seg", "sr"}))
+    [sr_obj] = nothing.objects("default", "sr")
+    sr = dcmread(sr_obj["path"])
+    [said] = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "C0034375"]
+    texts = [i.TextValue for i in said.ContentSequence if i.ValueType == "TEXT"]
+    assert texts[-1] == "bone (segment 1): not found, 0 mL"
+    assert texts[0].startswith("Bone: absent (bone, 0.0 mL")  # the finding, in words
 
 
 def test_uids_are_deterministic_and_differ_per_variant(case: Case, tmp_path: Path) -> None:

@@ -326,22 +326,26 @@ class _Builder:
                 out.append(self.sr(s, seg, profile.sr_class, previous))
         if profile.key_images:
             out += self.sc(s, profile.key_images)
-        if profile.kos:
-            out.append(self.kos(s, profile.key_images))
+        if profile.kos and (kos := self.kos(s, profile.key_images)) is not None:
+            out.append(kos)
         return out
 
-    def kos(self, s: _Series, count: int) -> ResultObject:
-        """The selection of the source key images and of this profile's SC key images."""
+    def kos(self, s: _Series, count: int) -> ResultObject | None:
+        """The selection of the source key images and of this profile's SC key images; None
+        when the model found nothing (no image to flag)."""
         pictures = [
             self.sc_datasets[e.sop_instance_uid]
             for e in self.key_images.get(
                 Variant(ObjectKind.SC, s.summary.series_uid, count=count), []
             )
         ]
+        selected = key_sources(s.sources, s.mask, self.manifest) + pictures
+        if not selected:
+            return None
         return self.once(
             Variant(ObjectKind.KOS, s.summary.series_uid, count=count),
             lambda: build_kos(
-                key_sources(s.sources, s.mask, self.manifest) + pictures,
+                selected,
                 self.manifest,
                 weights_sha256=self.weights,
                 at=self.at,

@@ -387,7 +387,9 @@ def build_sr(
             observer_device_context=device_observer(manifest, weights_sha256)
         ),
         procedure_reported=PROCEDURES.get(modality, IMAGING),
-        imaging_measurements=groups + drawn,
+        # highdicom wants at least one group; with nothing found it is removed below
+        imaging_measurements=(groups + drawn)
+        or [_volumetric(empty[0], seg, str(first.SeriesInstanceUID), manifest)],
         title=codes.cid7021.ImagingMeasurementReport,
         # highdicom's Image Library entry reads single-frame geometry: a multi-frame source's
         # library is made below
@@ -396,11 +398,21 @@ def build_sr(
     if _multiframe(first):
         items = report[0].ContentSequence
         before = next(  # TID 1500 puts the library just before Imaging Measurements
-            i
-            for i, item in enumerate(items)
-            if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+            (
+                i
+                for i, item in enumerate(items)
+                if item.ConceptNameCodeSequence[0].CodeValue == "126010"
+            ),
+            len(items),
         )
         items.insert(before, _frame_library(first, list(key_frames) or [1]))
+    if not groups:
+        # nothing found: no Imaging Measurements at all (TID 1500 asks for them or for
+        # Qualitative Evaluations), as OHIF stops on a group it cannot draw
+        content = report[0].ContentSequence
+        report[0].ContentSequence = hd.sr.ContentSequence(
+            [i for i in content if i.ConceptNameCodeSequence[0].CodeValue != "126010"]
+        )
     summary = _summary(manifest, segments, empty)
     if summary is not None:
         report[0].ContentSequence.append(summary)
