@@ -19,3 +19,7 @@ class Transient(NodeError):  # noqa: N818
 
 class Permanent(NodeError):  # noqa: N818
     """Will not succeed on retry; shown to the admin."""
+
+
+class StartupError(Permanent):
+    """The node cannot start as configured; the message says why and what to change."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,6 +34,7 @@ from sqlalchemy import Connection, Engine
 
 from dicom_node.db.migrate import upgrade
 from dicom_node.db.session import make_engine
+from dicom_node.errors import StartupError
 from dicom_node.export.exporter import Exporter
 from dicom_node.jobs.dispatch import Dispatcher, celery_publisher
 from dicom_node.jobs.embedded import EmbeddedWorkers
@@ -40,6 +42,7 @@ from dicom_node.jobs.service import create_jobs
 from dicom_node.logs import get_logger
 from dicom_node.loops import guarded
 from dicom_node.receive.scp import serve_scp_process
+from dicom_node.receive.server import listen
 from dicom_node.settings import Settings
 from dicom_node.storage.index import Index
 from dicom_node.storage.paths import StorageLayout
@@ -120,6 +123,7 @@ class Node:
         self._children: list[BaseProcess] = []
         # each SCP process's admitted associations: max_associations is node-wide
         self._counts = self._ctx.Array("i", self.processes)
+        self._listening: socket.socket | None = None  # bound in run()
         self._stop = threading.Event()
 
     def _spawn(self, index: int) -> BaseProcess:
@@ -127,7 +131,7 @@ class Node:
             self._counts[index] = 0  # a dead process's associations died with it
         proc = self._ctx.Process(
             target=serve_scp_process,
-            args=(self.settings, self._counts, index),
+            args=(self.settings, self._counts, index, self._listening),
             name="dicom-node-scp",
         )
         proc.daemon = True
@@ -135,11 +139,13 @@ class Node:
         return proc
 
     def run(self) -> None:
+        node = self.settings.node
+        # the port first: a node that cannot have it must not start anything else
+        self._listening = listen(node.host, node.port)
         prepared = prepare(self.settings)
         stages = self._start_stages(prepared.engine)
         index = Index(prepared.engine)
         self._children = [self._spawn(i) for i in range(self.processes)]
-        node = self.settings.node
         log.info(
             "node_started",
             ae_title=node.ae_title,
@@ -160,6 +166,7 @@ class Node:
             child.terminate()
         for child in self._children:
             child.join(timeout=5)
+        self._listening.close()
         log.info("node_stopped")
 
     def _start_stages(self, engine: Engine) -> Stages:
@@ -187,7 +194,13 @@ class Node:
             from dicom_node.web.server import AdminServer  # noqa: PLC0415 - FastAPI on demand
 
             stages.admin = AdminServer(settings, engine, stages.wake_senders)
-            stages.admin.start_and_wait()
+            if not stages.admin.start_and_wait():
+                stages.stop()
+                a = settings.admin
+                raise StartupError(
+                    f"the admin UI cannot listen on {a.host}:{a.port} (in use by another "
+                    "process?): give it another [admin] port, or set [admin] enabled = false"
+                )
         return stages
 
     def _supervise(self, index: Index, stages: Stages) -> None:

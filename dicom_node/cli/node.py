@@ -16,9 +16,17 @@ from dicom_node.cli.common import (
 
 def serve(config: ConfigOption = None) -> None:
     """Run the node: Storage SCP, completion sweeper (embedded defaults: SQLite, no Redis)."""
+    from dicom_node.errors import StartupError  # noqa: PLC0415
     from dicom_node.node import Node  # noqa: PLC0415
 
-    Node(settings_for(config, create=True)).run()
+    try:
+        Node(settings_for(config, create=True)).run()
+    except StartupError as exc:
+        from dicom_node.logs import get_logger  # noqa: PLC0415
+
+        get_logger("dicom_node.node").error("node_not_started", reason=str(exc))
+        typer.echo(f"dicom-node: not started: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def echo(

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+import socket
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,10 +33,15 @@ class Scp:
 
 
 def build_scp(
-    settings: Settings, *, engine: Engine | None = None, admission: Admission | None = None
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    admission: Admission | None = None,
+    listening: socket.socket | None = None,
 ) -> Scp:
-    """A bound, listening (not yet serving) association server for this process; ``admission``
-    shares ``max_associations`` with the node's other SCP processes."""
+    """A listening (not yet serving) association server for this process; ``admission``
+    shares ``max_associations`` with the node's other SCP processes, and ``listening`` is the
+    node's socket they all accept on (``server.listen``; none: bind one here)."""
     engine = engine or make_engine(settings.database.url.get_secret_value())
     layout = StorageLayout(settings.storage.root)
     layout.create()
@@ -51,7 +62,9 @@ def build_scp(
             (settings.node.host, settings.node.port),
             ssl_context=server_context(settings.security),
             evt_handlers=handlers.bindings(),
-            server_class=NodeAssociationServer,
+            server_class=type(
+                "ListeningServer", (NodeAssociationServer,), {"inherited": listening}
+            ),
         ),
     )
     server.tls_handshake_timeout_s = settings.security.tls_handshake_timeout_s
@@ -65,11 +78,33 @@ def build_scp(
     return Scp(server=server, handlers=handlers, engine=engine)
 
 
-def serve_scp_process(settings: Settings, counts: Any, index: int) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """This SCP process is killed when the node's supervisor dies, however it dies (kill -9,
+    the OOM killer), so no orphan keeps serving the port without a sweeper behind it, or keeps
+    a restarted node from binding it (Linux; elsewhere the supervisor's own shutdown does it)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = mp.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the supervisor died before the line above: nobody to serve for
+
+
+def serve_scp_process(
+    settings: Settings, counts: Any, index: int, listening: socket.socket
+) -> None:
     """Entry point of one SCP child process (spawned by ``dicom_node.node``); ``counts`` holds
-    each process's admitted associations, this one's at ``index``."""
+    each process's admitted associations, this one's at ``index``; ``listening`` is the node's
+    socket (multiprocessing hands each child its own descriptor of it)."""
     from dicom_node import logs  # noqa: PLC0415
 
+    _die_with_parent()
     logs.configure(settings.logging.level, json_output=settings.logging.json_output)
-    scp = build_scp(settings, admission=Admission(settings.node.max_associations, counts, index))
+    scp = build_scp(
+        settings,
+        admission=Admission(settings.node.max_associations, counts, index),
+        listening=listening,
+    )
     scp.server.serve_forever(poll_interval=0.5)

@@ -1,8 +1,10 @@
 """The association server: socket options pynetdicom does not set, bounds on what a peer can
 make the node hold, and TLS off the accept loop.
 
-- ``SO_REUSEPORT``: several SCP processes listen on one port; the kernel spreads associations
-  across them (PITFALLS 2: one pynetdicom process does not scale with threads).
+- One listening socket per node: the node binds the port once, exclusively (a second node, or
+  any other program, on the same port is a start-up error: ``listen``), and its SCP processes
+  all accept on that one socket, handed to each (PITFALLS 2: one pynetdicom process does not
+  scale with threads). The kernel spreads associations across the processes' accept calls.
 - ``TCP_NODELAY`` on every accepted socket (PITFALLS 1).
 - TLS: the accept loop only accepts; each connection's handshake runs in its own thread with a
   timeout, so a client that never starts the handshake blocks nobody (PITFALLS 6).
@@ -23,6 +25,7 @@ make the node hold, and TLS off the accept loop.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import socket
 import ssl
@@ -37,6 +40,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node import statuses
+from dicom_node.errors import StartupError
 from dicom_node.logs import DeliberateCloseError, get_logger
 from dicom_node.loops import Loop
 
@@ -316,6 +320,21 @@ class NodeRequestHandler(RequestHandler):
         return assoc
 
 
+def listen(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """The node's one listening socket for ``host:port``, bound without ``SO_REUSEPORT``: if
+    anything else listens there (another node, Orthanc, storescp), the node does not start."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=backlog)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(
+                f"port {port} is in use by another process (the DICOM port, [node] port on "
+                f"{host}): stop it, or give this node another port"
+            ) from None
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 class NodeAssociationServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
@@ -347,11 +366,22 @@ class NodeAssociationServer(ThreadedAssociationServer):
         self._watch.stop()
         super().server_close()
 
+    inherited: socket.socket | None = None  # the node's listening socket (``listen``)
+
     def server_bind(self) -> None:
-        """Bind with ``SO_REUSEPORT``: the node's SCP processes share the port."""
+        """Take the node's listening socket when given one, else bind (exclusively) here."""
+        if self.inherited is None:
+            super().server_bind()
+            return
         assert self.socket is not None  # noqa: S101 - set by TCPServer.__init__
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        self.socket.close()
+        self.socket = self.inherited
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listen, unless the node's socket already does."""
+        if self.inherited is None:
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept, with ``TCP_NODELAY`` on the new socket."""
