@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from dicom_node.results import JobSummary
 from tests.helpers import REPO
@@ -54,6 +54,11 @@ def threshold_conv(*thresholds_hu: float) -> torch.nn.Conv3d:
             conv.weight[c, 0, 0, 0, 0] = GAIN * c
             conv.bias[c] = -GAIN * total
     return conv
+
+
+def hounsfield(ds: Dataset) -> np.ndarray:
+    """A single-frame slice's stored pixels through its rescale (HU for CT), from pydicom."""
+    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
 
 
 def band_labels(hu: np.ndarray, thresholds_hu: tuple[float, ...]) -> np.ndarray:

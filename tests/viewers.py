@@ -193,6 +193,33 @@ def dicomweb_config() -> dict[str, Any]:
     }
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def headless_chromium(window: str, *extra: str, page_load_s: int = 30) -> Any:
+    """Debian's Chromium through Debian's chromedriver (nothing downloaded), headless, with the
+    page's console log kept; skipped (failed under CI) when either is missing."""
+    import pytest  # noqa: PLC0415
+    from selenium import webdriver  # noqa: PLC0415
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not Path(path).exists():
+            missing = f"{path} not found: apt-get install chromium chromium-driver"
+            if os.environ.get("CI"):
+                pytest.fail(f"CI must not skip the browser tests: {missing}")
+            pytest.skip(missing)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", window, *extra):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(page_load_s)
+    return driver
+
+
 def browser_log(driver: Any) -> list[str]:
     """The page's console messages (Chromium's browser log)."""
     return [json.dumps(e) for e in driver.get_log("browser")]

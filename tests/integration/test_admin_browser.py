@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,9 +28,8 @@ from dicom_node.domain import JobState
 from tests.helpers import REPO, free_port, wait_for
 from tests.peers import storescp
 from tests.scenario import Scenario, destination
+from tests.viewers import headless_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("DICOM_NODE_ARTIFACTS", REPO / "artifacts")) / "browser"
 PATIENT_NAME = "Fennimore^Wilhelmina"
 PATIENT_ID = "PID-40417733"
@@ -40,34 +38,9 @@ SLICES = 12
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
 
 
-def _missing_browser() -> str | None:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).exists():
-            return f"{path} not found: apt-get install chromium chromium-driver"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = _missing_browser()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must not skip the browser tests: {missing}")
-        pytest.skip(missing)
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        "--disable-gpu",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    driver = headless_chromium("--window-size=1400,1000", "--disable-gpu")
     yield driver
     driver.quit()
 

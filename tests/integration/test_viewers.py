@@ -17,7 +17,6 @@ series of the volumes issue. Screenshots go to ``artifacts/viewer/`` (``DICOM_NO
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,7 +33,13 @@ from tests import recompose as rc
 from tests.helpers import REPO
 from tests.models import build_model, run_model
 from tests.peers import orthanc
-from tests.viewers import ViewerMissingError, dicomweb_config, ohif_dist, ohif_server
+from tests.viewers import (
+    ViewerMissingError,
+    dicomweb_config,
+    headless_chromium,
+    ohif_dist,
+    ohif_server,
+)
 from workers.inference.runners import ModelCache
 from workers.results.build import build_results, load_mask
 from workers.results.seg import Mask
@@ -42,8 +47,6 @@ from workers.results.seg import Mask
 pytestmark = pytest.mark.viewer
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the dev extra")
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("DICOM_NODE_ARTIFACTS", REPO / "artifacts")) / "viewer"
 CT_BANDS = (-500.5, -50.5, 300.5)
 MR_BANDS = (100.5, 300.5)
@@ -67,24 +70,10 @@ def dist() -> Path:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not Path(path).exists():
-            _missing(f"{path} not found: apt-get install chromium chromium-driver")
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1600,1000",
-        "--enable-unsafe-swiftshader",  # WebGL2 in software: cornerstone3D renders with it
-    ):
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    # WebGL2 in software: cornerstone3D renders with it
+    driver = headless_chromium(
+        "--window-size=1600,1000", "--enable-unsafe-swiftshader", page_load_s=60
+    )
     try:
         yield driver
     finally:

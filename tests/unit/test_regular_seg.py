@@ -21,6 +21,7 @@ from pydicom import Dataset
 from dicom_node.jobs.stacks import normal_of
 from tests import recompose as rc
 from tests.helpers import REPO, dciodvfy_errors
+from tests.models import hounsfield
 from workers.inference.manifest import Manifest, load_manifest
 from workers.results.regular import frame_headers, regularise
 from workers.results.seg import Mask, build_seg
@@ -40,9 +41,7 @@ def sorted_slices(slices: list[Dataset]) -> list[Dataset]:
 
 def banded(sources: list[Dataset]) -> Mask:
     """Bone above 300 HU, soft tissue 0-300 HU, from the real pixels."""
-    hu = np.stack(
-        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in sources]
-    )
+    hu = np.stack([hounsfield(ds) for ds in sources])
     labels = np.zeros(hu.shape, np.uint8)
     labels[(hu > 0) & (hu <= 300)] = 2
     labels[hu > 300] = 3
@@ -74,6 +73,20 @@ def dcmqi(seg_path: Path, out: Path) -> str:
     return done.stdout + done.stderr
 
 
+def regular_seg_read_by_dcmqi(
+    slices: list[Dataset], mask: Mask, manifest: Manifest, tmp_path: Path
+) -> Path:
+    """The regular SEG, written, dciodvfy-clean, and converted by dcmqi into ``tmp_path/out``
+    without an error; returns its path."""
+    seg = build_seg(slices, mask, manifest, weights_sha256=WEIGHTS, at=AT, geometry="regular")
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    said = dcmqi(path, tmp_path / "out")
+    assert "ERROR" not in said, said
+    return path
+
+
 @pytest.fixture(scope="module")
 def tilted(testdata: Path) -> list[Dataset]:
     return sorted_slices(rc.read_series(testdata, rc.TILTED))
@@ -94,12 +107,7 @@ def test_dcmqi_reads_the_regularised_seg_of_a_tilted_ct_voxel_for_voxel(
     tilted: list[Dataset], manifest: Manifest, tmp_path: Path
 ) -> None:
     mask = banded(tilted)
-    seg = build_seg(tilted, mask, manifest, weights_sha256=WEIGHTS, at=AT, geometry="regular")
-    path = tmp_path / "seg.dcm"
-    seg.save_as(path, enforce_file_format=True)
-    assert dciodvfy_errors(path) == []
-    said = dcmqi(path, tmp_path / "out")
-    assert "ERROR" not in said, said
+    path = regular_seg_read_by_dcmqi(tilted, mask, manifest, tmp_path)
     grid = regularise(mask.labels, frame_headers(tilted))
     assert grid is not None and grid.pixels.shape[0] == len(tilted)  # one spacing: one frame each
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
@@ -161,12 +169,7 @@ def test_two_spacings_become_one_and_dcmqi_reads_it(
     grid = regularise(mask.labels, frame_headers(slices))
     assert grid is not None
     assert grid.pixels.shape[0] == int(sum(gaps) / 5.0) + 1  # even 5 mm frames across the gaps
-    seg = build_seg(slices, mask, manifest, weights_sha256=WEIGHTS, at=AT, geometry="regular")
-    path = tmp_path / "seg.dcm"
-    seg.save_as(path, enforce_file_format=True)
-    assert dciodvfy_errors(path) == []
-    said = dcmqi(path, tmp_path / "out")
-    assert "ERROR" not in said, said
+    regular_seg_read_by_dcmqi(slices, mask, manifest, tmp_path)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     labels = [a[0]["SegmentLabel"] for a in meta["segmentAttributes"]]
     _, voxels = read_nrrd(tmp_path / "out" / f"{labels.index('bone') + 1}.nrrd")

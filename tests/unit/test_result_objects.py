@@ -17,6 +17,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.results import LabelMeasure
 from tests.helpers import REPO
+from tests.models import band_labels, hounsfield
 from workers.inference.manifest import Finding, Manifest, load_manifest
 from workers.results.pmap import build_confidence_map
 from workers.results.seg import Mask, ResultError, build_seg
@@ -41,18 +42,11 @@ def sources(ct_dir: Path) -> list[Dataset]:
     return [dcmread(p) for p in files]
 
 
-def hu(ds: Dataset) -> np.ndarray:
-    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-
-
 @pytest.fixture(scope="module")
 def mask(sources: list[Dataset]) -> Mask:
     """Bone above 300 HU, soft tissue 0-300 HU, adipose -200-0 HU; confidence from the margin."""
-    volume = np.stack([hu(ds) for ds in sources])
-    labels = np.zeros(volume.shape, np.uint8)
-    labels[(volume > -200) & (volume <= 0)] = 1
-    labels[(volume > 0) & (volume <= 300)] = 2
-    labels[volume > 300] = 3
+    volume = np.stack([hounsfield(ds) for ds in sources])
+    labels = band_labels(volume, (-200.0, 0.0, 300.0))
     confidence = np.clip(np.abs(volume) / 4, 0, 255).astype(np.uint8)
     return Mask(
         labels=labels,
@@ -65,7 +59,7 @@ def mask(sources: list[Dataset]) -> Mask:
 def measure(mask: Mask, sources: list[Dataset], value: int, probability: float) -> LabelMeasure:
     spacing = [float(v) for v in sources[0].PixelSpacing]
     voxel_ml = spacing[0] * spacing[1] * float(sources[0].SliceThickness) / 1000
-    inside = np.stack([hu(ds) for ds in sources])[mask.labels == value]
+    inside = np.stack([hounsfield(ds) for ds in sources])[mask.labels == value]
     return LabelMeasure(
         value=value,
         name=f"label {value}",

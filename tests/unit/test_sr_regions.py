@@ -17,6 +17,7 @@ from pydicom.sr.codedict import codes
 from dicom_node.jobs.stacks import normal_of
 from dicom_node.results import LabelMeasure
 from tests.helpers import REPO, dciodvfy_errors, dsrdump_ok
+from tests.models import band_labels, hounsfield
 from workers.inference.manifest import Code, Manifest, load_manifest
 from workers.results.provenance import PROCESSING_ALGORITHM, model_uid
 from workers.results.regions import in_patient, key_frame, outline
@@ -39,18 +40,11 @@ def sources(ct_dir: Path) -> list[Dataset]:
     return [dcmread(p) for p in sorted(p for p in ct_dir.iterdir() if p.name != "DIRFILE")[:4]]
 
 
-def hu(ds: Dataset) -> np.ndarray:
-    return ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-
-
 @pytest.fixture(scope="module")
 def mask(sources: list[Dataset]) -> Mask:
     """Adipose, soft tissue and bone by HU band; no air: label 4 is empty."""
-    volume = np.stack([hu(ds) for ds in sources])
-    labels = np.zeros(volume.shape, np.uint8)
-    labels[(volume > -200) & (volume <= 0)] = 1
-    labels[(volume > 0) & (volume <= 300)] = 2
-    labels[volume > 300] = 3
+    volume = np.stack([hounsfield(ds) for ds in sources])
+    labels = band_labels(volume, (-200.0, 0.0, 300.0))
     uids = tuple(str(ds.SOPInstanceUID) for ds in sources)
     return Mask(labels=labels, sop_instance_uids=uids, frame_numbers=(0,) * len(uids))
 
@@ -59,7 +53,7 @@ def mask(sources: list[Dataset]) -> Mask:
 def measures(mask: Mask, sources: list[Dataset]) -> list[LabelMeasure]:
     spacing = [float(v) for v in sources[0].PixelSpacing]
     voxel_ml = spacing[0] * spacing[1] * float(sources[0].SliceThickness) / 1000
-    volume = np.stack([hu(ds) for ds in sources])
+    volume = np.stack([hounsfield(ds) for ds in sources])
     out = []
     for value in (1, 2, 3, 4):
         inside = volume[mask.labels == value]
