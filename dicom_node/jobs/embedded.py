@@ -14,12 +14,10 @@ the node (``PR_SET_PDEATHSIG``). The node supervises them:
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import multiprocessing as mp
 import signal
 import socket
-import sys
 import time
 from datetime import timedelta
 from multiprocessing.process import BaseProcess
@@ -27,6 +25,7 @@ from types import FrameType
 
 from sqlalchemy import Engine, select
 
+from dicom_node.children import die_with_parent
 from dicom_node.db.models import Job, utcnow
 from dicom_node.domain import JobState
 from dicom_node.jobs.service import give_back, next_queued
@@ -43,15 +42,9 @@ def embedded_name(pid: int) -> str:
     return f"{PREFIX}{pid}@{socket.gethostname()}"[:128]
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def worker_main(settings: Settings) -> None:
     """A spawned embedded worker process: claim, run, repeat."""
-    _die_with_parent()
+    die_with_parent()
     configure(settings.logging.level, json_output=settings.logging.json_output)
     from workers.runner import JobTimeLimitError, WorkerContext, execute  # noqa: PLC0415
 

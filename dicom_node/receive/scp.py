@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import multiprocessing as mp
-import os
-import signal
 import socket
 from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import Engine
 
+from dicom_node.children import die_with_parent
 from dicom_node.db.session import make_engine
 from dicom_node.receive.ae import build_ae
 from dicom_node.receive.handlers import ScpHandlers
@@ -78,20 +74,6 @@ def build_scp(
     return Scp(server=server, handlers=handlers, engine=engine)
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent() -> None:
-    """This SCP process is killed when the node's supervisor dies, however it dies (kill -9,
-    the OOM killer), so no orphan keeps serving the port without a sweeper behind it, or keeps
-    a restarted node from binding it (Linux; elsewhere the supervisor's own shutdown does it)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    parent = mp.parent_process()
-    if parent is not None and os.getppid() != parent.pid:
-        os._exit(1)  # the supervisor died before the line above: nobody to serve for
-
-
 def serve_scp_process(
     settings: Settings, counts: Any, index: int, listening: socket.socket
 ) -> None:
@@ -100,7 +82,7 @@ def serve_scp_process(
     socket (multiprocessing hands each child its own descriptor of it)."""
     from dicom_node import logs  # noqa: PLC0415
 
-    _die_with_parent()
+    die_with_parent()
     logs.configure(settings.logging.level, json_output=settings.logging.json_output)
     scp = build_scp(
         settings,
