@@ -43,7 +43,7 @@ from dicom_node.db.models import (  # noqa: E402
     Study,
 )
 from dicom_node.db.session import make_engine  # noqa: E402
-from dicom_node.settings import load_settings  # noqa: E402
+from dicom_node.settings import BUILTIN_MODELS, load_settings  # noqa: E402
 from dicom_node.web.app import create_app  # noqa: E402
 
 
@@ -162,7 +162,7 @@ def main() -> int:
               f"{args.studies} jobs, filled in {time.perf_counter() - t0:.1f} s")  # fmt: skip
         settings = load_settings(
             rules=[], storage={"root": f"{tmp}/storage"}, database={"url": url},
-            models={"root": str(REPO / "models")},
+            models={"root": str(BUILTIN_MODELS)},
         )  # fmt: skip
         add_user(engine, "bench", "bench password", Role.ADMIN)
         client = TestClient(create_app(settings, engine))

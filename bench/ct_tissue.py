@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from monai.inferers import sliding_window_inference
 
+from dicom_node.settings import BUILTIN_MODELS
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -40,7 +42,7 @@ def main() -> int:
     if root is None:
         sys.exit("test data not found: set DICOM_NODE_TESTDATA (see README)")
     paths = tuple(sorted(p for p in (root / SERIES).iterdir() if p.name != "DIRFILE"))
-    model = ModelCache(REPO / "models", args.device).get("ct-tissue")
+    model = ModelCache(BUILTIN_MODELS, args.device).get("ct-tissue")
     inf = model.manifest.inference
     assert inf.roi_size is not None
 

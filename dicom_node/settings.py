@@ -3,6 +3,11 @@
 Built once at process start from, in order of precedence: ``DICOM_NODE_*`` environment variables
 (nested keys joined by ``__``, e.g. ``DICOM_NODE_NODE__PORT=11112``), then the TOML file given by
 ``--config`` or ``DICOM_NODE_CONFIG``, then the defaults below. Defaults live here and nowhere else.
+
+Nothing depends on the working directory. Storage, database and the site's models live under one
+data directory (``[node] data_dir``; else ``DICOM_NODE_HOME``; else ``/var/lib/dicom-node`` for
+root or a systemd service, the user's data folder otherwise). Relative paths in a config file
+resolve against that file's folder; the reference model ships inside the package.
 """
 
 from __future__ import annotations
@@ -30,7 +35,32 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
+HOME_ENV = "DICOM_NODE_HOME"
+SERVICE_DATA_DIR = Path("/var/lib/dicom-node")
+# The models that ship inside the package (package data): found whatever the working directory.
+BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
+DB_FILE = "dicom-node.db"
 _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of an SQLite file (``sqlite:////abs/path`` for an absolute path)."""
+    return f"sqlite:///{path}"
+
+
+def default_data_dir() -> Path:
+    """``$DICOM_NODE_HOME``; else systemd's ``StateDirectory`` for a service, or
+    ``/var/lib/dicom-node`` for root; else the user's data folder (``$XDG_DATA_HOME`` or
+    ``~/.local/share``) + ``dicom-node``."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).absolute()
+    if os.environ.get("STATE_DIRECTORY"):  # systemd, StateDirectory=dicom-node
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return SERVICE_DATA_DIR
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "dicom-node"
+
 
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]+$")]
 
@@ -43,6 +73,11 @@ class NodeSettings(_Section):
     """The Storage SCP's identity and association limits."""
 
     ae_title: AETitle = "DICOM_NODE"
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="storage, database and models live under it; default: $DICOM_NODE_HOME, "
+        "else /var/lib/dicom-node as root or a service, else the user's data folder",
+    )
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for modalities on the LAN
     port: int = Field(default=11112, ge=1, le=65535)
     require_called_ae: bool = True
@@ -65,7 +100,10 @@ class NodeSettings(_Section):
 class StorageSettings(_Section):
     """Where acknowledged instances live, and what is kept free."""
 
-    root: Path = Path("var/storage")
+    root: Path = Field(
+        default_factory=lambda: default_data_dir() / "storage",
+        description="default: <data_dir>/storage",
+    )
     min_free_mb: int = Field(default=1024, ge=0, description="below this, 0xA700 and no new assocs")
     duplicate_policy: Literal["keep_first", "overwrite"] = "keep_first"
     fsync: bool = True
@@ -79,7 +117,10 @@ class StorageSettings(_Section):
 class DatabaseSettings(_Section):
     """The index. SQLite (WAL) by default; ``postgresql+psycopg://`` for a fleet."""
 
-    url: SecretStr = SecretStr("sqlite:///var/dicom-node.db")
+    url: SecretStr = Field(
+        default_factory=lambda: SecretStr(sqlite_url(default_data_dir() / DB_FILE)),
+        description="default: sqlite:///<data_dir>/dicom-node.db",
+    )
 
 
 class CompletionSettings(_Section):
@@ -165,7 +206,7 @@ class RuleSettings(_Section):
     match: RuleMatch = RuleMatch()
 
 
-# What a node with no [[rules]] does: CT series to the reference model shipped in models/.
+# What a node with no [[rules]] does: CT series to the reference model shipped in the package.
 DEFAULT_RULES: tuple[RuleSettings, ...] = (
     RuleSettings(
         name="ct-tissue",
@@ -203,9 +244,14 @@ class QueueSettings(_Section):
 
 
 class ModelSettings(_Section):
-    """Where model plug-ins live (``<root>/<name>/manifest.toml``) and where they run."""
+    """Where the site's model plug-ins live and run (the built-in models are searched after).
 
-    root: Path = Path("models")
+    A plug-in is ``<root>/<name>/manifest.toml`` with its weights."""
+
+    root: Path = Field(
+        default_factory=lambda: default_data_dir() / "models",
+        description="default: <data_dir>/models; the built-in models are searched after it",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     results_root: Path | None = Field(default=None, description="default: <storage.root>/results")
 
@@ -320,15 +366,15 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
     )
 
-    node: NodeSettings = NodeSettings()
-    storage: StorageSettings = StorageSettings()
-    database: DatabaseSettings = DatabaseSettings()
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     completion: CompletionSettings = CompletionSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
     jobs: JobSettings = JobSettings()
     queue: QueueSettings = QueueSettings()
-    models: ModelSettings = ModelSettings()
+    models: ModelSettings = Field(default_factory=ModelSettings)
     export: ExportSettings = ExportSettings()
     admin: AdminSettings = AdminSettings()
     rules: tuple[RuleSettings, ...] = Field(
@@ -336,6 +382,29 @@ class Settings(BaseSettings):
     )
     destinations: tuple[DestinationSettings, ...] = ()
     profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _under_the_data_dir(cls, data: Any) -> Any:
+        """An explicit ``[node] data_dir`` moves every path not set on its own."""
+        if not isinstance(data, dict):
+            return data
+        node = data.get("node")
+        home = node.get("data_dir") if isinstance(node, dict) else None
+        if home is None:
+            return data
+        home = Path(home)
+        derived = {
+            "storage": ("root", home / "storage"),
+            "database": ("url", sqlite_url(home / DB_FILE)),
+            "models": ("root", home / "models"),
+        }
+        data = dict(data)
+        for section, (key, value) in derived.items():
+            current = data.get(section, {})
+            if isinstance(current, dict) and key not in current:
+                data[section] = {**current, key: value}
+        return data
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -381,6 +450,11 @@ class Settings(BaseSettings):
     def results_root(self) -> Path:
         return self.models.results_root or self.storage.root / "results"
 
+    @property
+    def model_path(self) -> tuple[Path, ...]:
+        """Where models are looked for, first match wins: the site's root, then the built-ins."""
+        return tuple(dict.fromkeys((self.models.root, BUILTIN_MODELS)))
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -390,8 +464,62 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_file.get())
+        toml = _AnchoredToml(settings_cls, toml_file=_config_file.get())
         return (init_settings, env_settings, toml)
+
+
+class _AnchoredToml(TomlConfigSettingsSource):
+    """The config file, with its relative paths made absolute against the file's own folder
+    (``root = "storage"`` beside ``/etc/dicom-node/node.toml`` is ``/etc/dicom-node/storage``)."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        path = _config_file.get()
+        if path is None:
+            return data
+        return _anchored(data, Settings, path.resolve().parent)
+
+
+def _anchored(data: dict[str, Any], model: type[BaseModel], base: Path) -> dict[str, Any]:
+    out = dict(data)
+    for name, value in data.items():
+        info = model.model_fields.get(name)
+        if info is None:
+            continue
+        kind = _field_kind(info.annotation)
+        if kind is Path and isinstance(value, str) and value and not Path(value).is_absolute():
+            out[name] = str(base / value)
+        elif kind is SecretStr and name == "url" and isinstance(value, str):
+            out[name] = _anchored_sqlite(value, base)
+        elif isinstance(kind, type) and issubclass(kind, BaseModel):
+            if isinstance(value, dict):
+                out[name] = _anchored(value, kind, base)
+            elif isinstance(value, list):
+                out[name] = [_anchored(v, kind, base) if isinstance(v, dict) else v for v in value]
+    return out
+
+
+def _field_kind(annotation: Any) -> Any:
+    """``Path`` for Path / Path | None, the model for a section or a tuple of tables."""
+    import typing  # noqa: PLC0415
+
+    if annotation is Path or annotation is SecretStr:
+        return annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        kind = _field_kind(arg)
+        if kind is not None:
+            return kind
+    return None
+
+
+def _anchored_sqlite(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    rest = url[len(prefix) :]
+    if not url.startswith(prefix) or not rest or rest.startswith(("/", ":memory:")):
+        return url
+    return sqlite_url(base / rest)
 
 
 class SettingsError(Exception):
@@ -461,6 +589,8 @@ def env_example() -> str:
         lines.append(f"\n# [{section}] {(model.__doc__ or '').strip().splitlines()[0]}")
         for name, info in model.model_fields.items():
             value = getattr(getattr(defaults, section), name)
+            if info.default_factory is not None:
+                value = None  # derived from the data dir where it runs: the note says how
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
             if isinstance(value, tuple):

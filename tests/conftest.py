@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from sqlalchemy.engine import make_url
 from tests.helpers import RunningNode, node_settings, start_node, testdata_root, unique_name
 
 PG_ADMIN_URL = os.environ.get("DICOM_NODE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test touches a real data directory (``/var/lib/dicom-node`` as root, the user's own
+    otherwise): the defaults point at a fresh one for the session."""
+    os.environ["DICOM_NODE_HOME"] = tempfile.mkdtemp(prefix="dicom-node-home-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -22,7 +22,7 @@ import torch
 from pydicom import Dataset, dcmread
 
 from dicom_node.results import JobSummary
-from tests.helpers import REPO
+from dicom_node.settings import BUILTIN_MODELS
 from workers.inference.pipeline import JobInput, SeriesInput, run
 from workers.inference.runners import ModelCache
 
@@ -207,7 +207,7 @@ def run_model(
 THRESHOLD_HU = 300.5
 
 
-MODELS = REPO / "models"
+MODELS = BUILTIN_MODELS
 
 
 CT_BANDS = (-500.5, 300.5)  # air / soft tissue / bone

@@ -58,7 +58,7 @@ class WorkerContext:
         self.settings = settings
         self.time_limit_errors = time_limit_errors
         self.engine = make_engine(settings.database.url.get_secret_value())
-        self.models = ModelCache(settings.models.root, settings.models.device)
+        self.models = ModelCache(settings.model_path, settings.models.device)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,18 +39,31 @@ def settings_for(config: Path | None, *, create: bool = False) -> Settings:
     return settings
 
 
-def engine_for(settings: Settings) -> Any:
-    """The index, migrated to the latest revision."""
+def engine_for(settings: Settings, *, create: bool = False) -> Any:
+    """The index, migrated to the latest revision. Says on stderr which data directory and
+    database it is; unless ``create`` (serve, db upgrade, users add), a database that is not
+    there yet is an error (exit 1), not a new empty index."""
     from dicom_node.db.migrate import upgrade  # noqa: PLC0415 - keep `--help` fast
-    from dicom_node.db.session import make_engine  # noqa: PLC0415
+    from dicom_node.db.session import database_exists, make_engine  # noqa: PLC0415
+    from dicom_node.settings import masked  # noqa: PLC0415
 
     url = settings.database.url.get_secret_value()
+    shown = masked(settings)["database"]["url"]
+    typer.echo(f"dicom-node: data dir {settings.node.data_dir}, database {shown}", err=True)
+    if not create and not database_exists(url):
+        typer.echo(
+            f"dicom-node: no index at {shown}: no node has used this data dir yet. Point "
+            "--config, DICOM_NODE_CONFIG or DICOM_NODE_HOME at the node's own, or start "
+            "`dicom-node serve` first",
+            err=True,
+        )
+        raise typer.Exit(1)
     upgrade(url)
     return make_engine(url)
 
 
 def index(config: Path | None) -> Any:
-    """The index named by the configuration (``engine_for(settings_for(config))``)."""
+    """The existing index named by the configuration (``engine_for(settings_for(config))``)."""
     return engine_for(settings_for(config))
 
 

@@ -36,10 +36,14 @@ def users_add(
     if role not in {str(r) for r in Role}:
         typer.echo("dicom-node: --role is admin or viewer", err=True)
         raise typer.Exit(2)
-    settings = settings_for(config)
+    settings = settings_for(config, create=True)  # the first admin may come before `serve`
     try:
         add_user(
-            engine_for(settings), name, new_password(password_stdin), Role(role), actor=actor()
+            engine_for(settings, create=True),
+            name,
+            new_password(password_stdin),
+            Role(role),
+            actor=actor(),
         )
     except UserError as exc:
         typer.echo(f"dicom-node: {exc}", err=True)

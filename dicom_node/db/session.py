@@ -21,6 +21,22 @@ from dicom_node.db.models import Base
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+def database_exists(url: str) -> bool:
+    """Whether ``url`` names an index a node has made: an SQLite file that is there, or a
+    server database with the migrations table. Read commands use it so that a wrong data
+    directory is an error, not a new empty index."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return (
+            not parsed.database or parsed.database == ":memory:" or Path(parsed.database).exists()
+        )
+    engine = create_engine(url)
+    try:
+        return sa_inspect(engine).has_table("alembic_version")
+    finally:
+        engine.dispose()
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":

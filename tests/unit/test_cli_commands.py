@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -87,11 +88,41 @@ def site(tmp_path: Path) -> tuple[Path, Engine]:
     return config, engine
 
 
+WHERE = "dicom-node: data dir "
+
+
 def run(config: Path, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr (less the line saying which data dir and database)."""
     result = CliRunner().invoke(app, [*args, "--config", str(config)], input=stdin)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.stdout, result.stderr
+    err = "".join(line for line in result.stderr.splitlines(True) if not line.startswith(WHERE))
+    return result.exit_code, result.stdout, err
+
+
+def test_every_index_command_says_which_data_dir_and_database(
+    site: tuple[Path, Engine], tmp_path: Path
+) -> None:
+    config, _ = site
+    result = CliRunner().invoke(app, ["jobs", "--config", str(config)])
+    assert result.exit_code == 0
+    home = Path(os.environ["DICOM_NODE_HOME"])  # no data_dir in the file: the default's
+    assert f"{WHERE}{home}, database sqlite:///{tmp_path / 'index.db'}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [["studies"], ["jobs"], ["exports"], ["audit"], ["studies", "show", STUDY]]
+)
+def test_a_read_command_never_makes_a_new_empty_index(tmp_path: Path, command: list[str]) -> None:
+    """Run from the wrong place or with the wrong config, a read command says there is no
+    index there and exits 1, instead of creating one and listing nothing."""
+    config = tmp_path / "elsewhere.toml"
+    config.write_text('[node]\ndata_dir = "never-used"\n')
+    result = CliRunner().invoke(app, [*command, "--config", str(config)])
+    assert result.exit_code == 1, result.stdout
+    db = tmp_path / "never-used" / "dicom-node.db"  # relative to the config file's folder
+    assert f"no index at sqlite:///{db}: no node has used this data dir yet" in result.stderr
+    assert not db.exists()
 
 
 def test_studies_list_and_show(site: tuple[Path, Engine]) -> None:

@@ -13,7 +13,8 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
 
-from tests.helpers import REPO, dciodvfy_errors
+from dicom_node.settings import BUILTIN_MODELS
+from tests.helpers import dciodvfy_errors
 from workers.inference.manifest import Manifest, load_manifest
 from workers.results.errors import ResultError
 from workers.results.kos import build_kos, key_sources
@@ -24,7 +25,7 @@ AT = datetime(2026, 12, 4, 9, 0, tzinfo=UTC)
 
 @pytest.fixture(scope="module")
 def manifest() -> Manifest:
-    return load_manifest(REPO / "models", "ct-tissue")[0]
+    return load_manifest(BUILTIN_MODELS, "ct-tissue")[0]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.settings import SettingsError, load_settings
+from dicom_node.settings import BUILTIN_MODELS, SettingsError, load_settings
 from tests.models import build_model
 from workers.inference.manifest import ModelError, load_manifest
 
@@ -85,9 +85,12 @@ def test_models_list_checks_every_weights_file(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     rows = {r["name"]: r for r in json.loads(done.stdout)}
     assert {n: r["status"] for n, r in rows.items()} == dict.fromkeys(
-        ("monai-bundle", "state-dict", "torchscript"), "ok"
+        ("ct-tissue", "monai-bundle", "state-dict", "torchscript"), "ok"
     )
     assert rows["monai-bundle"]["runner"] == "monai_bundle"
+    # the site's root first, then the models inside the package, whatever the working directory
+    assert rows["torchscript"]["folder"] == str(tmp_path / "models" / "torchscript")
+    assert rows["ct-tissue"]["folder"] == str(BUILTIN_MODELS / "ct-tissue")
     with (tmp_path / "models" / "state-dict" / "model.pt").open("ab") as f:
         f.write(b"\0")
     done = listing()

@@ -516,7 +516,7 @@ def test_model_stats_count_runs_failures_and_the_daily_trend(engine: Engine) -> 
 def test_the_models_overview_names_models_jobs_ran_that_are_not_installed(
     engine: Engine, tmp_path: Path
 ) -> None:
-    rows = {r.name: r for r in models.models_overview(engine, tmp_path / "no-models")}
+    rows = {r.name: r for r in models.models_overview(engine, [tmp_path / "no-models"])}
     assert rows["threshold"].status == "not installed"
     assert rows["threshold"].stats is not None and rows["threshold"].stats.runs == 1
     assert rows["threshold"].trend.positive == [100.0]
@@ -527,5 +527,5 @@ def test_the_models_overview_names_models_jobs_ran_that_are_not_installed(
 def test_a_model_folder_with_a_broken_manifest_says_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "manifest.toml").write_text("name = [\n")
-    [row] = models.describe_models(tmp_path)
+    [row] = models.describe_models([tmp_path])
     assert row.name == "broken" and row.status != "ok" and row.version is None

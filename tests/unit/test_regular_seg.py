@@ -19,8 +19,9 @@ import pytest
 from pydicom import Dataset
 
 from dicom_node.jobs.stacks import normal_of
+from dicom_node.settings import BUILTIN_MODELS
 from tests import recompose as rc
-from tests.helpers import REPO, dciodvfy_errors
+from tests.helpers import dciodvfy_errors
 from tests.models import hounsfield
 from workers.inference.manifest import Manifest, load_manifest
 from workers.results.regular import frame_headers, regularise
@@ -32,7 +33,7 @@ WEIGHTS = "ef" * 32
 
 @pytest.fixture(scope="module")
 def manifest() -> Manifest:
-    return load_manifest(REPO / "models", "ct-tissue")[0]
+    return load_manifest(BUILTIN_MODELS, "ct-tissue")[0]
 
 
 def sorted_slices(slices: list[Dataset]) -> list[Dataset]:

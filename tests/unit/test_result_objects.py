@@ -16,7 +16,7 @@ from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
 
 from dicom_node.results import LabelMeasure
-from tests.helpers import REPO
+from dicom_node.settings import BUILTIN_MODELS
 from tests.models import band_labels, hounsfield
 from workers.inference.manifest import Finding, Manifest, load_manifest
 from workers.results.pmap import build_confidence_map
@@ -29,7 +29,7 @@ WEIGHTS = "ab" * 32
 
 @pytest.fixture(scope="module")
 def manifest() -> Manifest:
-    found, _ = load_manifest(REPO / "models", "ct-tissue")
+    found, _ = load_manifest(BUILTIN_MODELS, "ct-tissue")
     bone = Finding(label=3, name=found.labels[2].type, min_volume_ml=1.0, min_probability=0.6)
     return found.model_copy(
         update={"outputs": ("seg", "measurements", "findings"), "findings": (bone,)}

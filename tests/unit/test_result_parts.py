@@ -14,7 +14,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from tests.helpers import REPO
+from dicom_node.settings import BUILTIN_MODELS
 from workers.inference.manifest import Manifest, load_manifest
 from workers.results.build import load_mask, write_object
 from workers.results.keyimages import key_frames, outline
@@ -30,7 +30,7 @@ from workers.results.sources import repair
 
 @pytest.fixture(scope="module")
 def manifest() -> Manifest:
-    found, _ = load_manifest(REPO / "models", "ct-tissue")
+    found, _ = load_manifest(BUILTIN_MODELS, "ct-tissue")
     return found
 
 

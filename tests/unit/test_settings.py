@@ -8,7 +8,13 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from dicom_node.settings import SettingsError, load_settings, masked
+from dicom_node.settings import (
+    BUILTIN_MODELS,
+    SettingsError,
+    default_data_dir,
+    load_settings,
+    masked,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -100,3 +106,84 @@ def test_env_example_is_generated_from_settings() -> None:
         "deploy/env.example is stale: dicom-node config env-example > deploy/env.example"
     )
     assert "DICOM_NODE_COMPLETION__QUIET_PERIOD_S=60.0" in env_example()
+
+
+def test_everything_lives_under_one_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No default depends on the working directory: storage, index and the site's models are
+    under the data dir, and the built-in models come after the site's."""
+    monkeypatch.setenv("DICOM_NODE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    for where in (tmp_path, Path("/")):
+        monkeypatch.chdir(where)
+        s = load_settings()
+        assert s.node.data_dir == tmp_path / "home"
+        assert s.storage.root == tmp_path / "home" / "storage"
+        assert s.database.url.get_secret_value() == f"sqlite:///{tmp_path}/home/dicom-node.db"
+        assert s.results_root == tmp_path / "home" / "storage" / "results"
+        assert s.model_path == (tmp_path / "home" / "models", BUILTIN_MODELS)
+    assert (BUILTIN_MODELS / "ct-tissue" / "manifest.toml").is_file()
+    # an explicit data_dir moves every path not set on its own
+    s = load_settings(node={"data_dir": "/srv/node"}, storage={"root": "/fast/storage"})
+    assert s.storage.root == Path("/fast/storage")
+    assert s.database.url.get_secret_value() == "sqlite:////srv/node/dicom-node.db"
+    assert s.models.root == Path("/srv/node/models")
+
+
+@pytest.mark.parametrize(
+    ("env", "root", "expected"),
+    [
+        ({"STATE_DIRECTORY": "/var/lib/dicom-node:/other"}, False, "/var/lib/dicom-node"),
+        ({}, True, "/var/lib/dicom-node"),
+        ({"XDG_DATA_HOME": "/home/ann/.data"}, False, "/home/ann/.data/dicom-node"),
+        ({"HOME": "/home/ann"}, False, "/home/ann/.local/share/dicom-node"),
+    ],
+    ids=["systemd-service", "root", "xdg", "user"],
+)
+def test_the_default_data_dir_is_the_service_s_or_the_user_s(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], root: bool, expected: str
+) -> None:
+    for name in ("DICOM_NODE_HOME", "STATE_DIRECTORY", "XDG_DATA_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("os.geteuid", lambda: 0 if root else 1000)
+    assert default_data_dir() == Path(expected)
+    assert load_settings().storage.root == Path(expected) / "storage"
+
+
+def test_relative_paths_in_a_config_file_resolve_against_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    cfg = write(
+        etc,
+        """
+[node]
+data_dir = "data"
+[storage]
+root = "../fast/storage"
+[security]
+tls_cert = "tls/node.pem"
+[[destinations]]
+name = "pacs"
+ae_title = "PACS"
+host = "pacs.local"
+port = 104
+tls_ca = "tls/ca.pem"
+""",
+    )
+    monkeypatch.chdir("/")
+    s = load_settings(cfg)
+    assert s.node.data_dir == etc / "data"
+    assert s.storage.root == etc / "../fast/storage"
+    assert s.database.url.get_secret_value() == f"sqlite:///{etc}/data/dicom-node.db"
+    assert s.models.root == etc / "data" / "models"
+    assert s.security.tls_cert == etc / "tls" / "node.pem"
+    assert s.destinations[0].tls_ca == etc / "tls" / "ca.pem"
+    cfg.write_text('[database]\nurl = "sqlite:///index/node.db"\n')
+    assert load_settings(cfg).database.url.get_secret_value() == f"sqlite:///{etc}/index/node.db"
+    cfg.write_text('[database]\nurl = "postgresql+psycopg://node@db/node"\n')
+    assert load_settings(cfg).database.url.get_secret_value() == "postgresql+psycopg://node@db/node"

@@ -16,7 +16,8 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.jobs.stacks import normal_of
 from dicom_node.results import LabelMeasure
-from tests.helpers import REPO, dciodvfy_errors, dsrdump_ok
+from dicom_node.settings import BUILTIN_MODELS
+from tests.helpers import dciodvfy_errors, dsrdump_ok
 from tests.models import band_labels, hounsfield
 from workers.inference.manifest import Code, Manifest, load_manifest
 from workers.results.provenance import PROCESSING_ALGORITHM, model_uid
@@ -31,7 +32,7 @@ PLANAR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 @pytest.fixture(scope="module")
 def manifest() -> Manifest:
-    found, _ = load_manifest(REPO / "models", "ct-tissue")
+    found, _ = load_manifest(BUILTIN_MODELS, "ct-tissue")
     return found
 
 

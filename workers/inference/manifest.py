@@ -1,4 +1,5 @@
-"""A model plug-in's manifest: ``<models.root>/<name>/manifest.toml``.
+"""A model plug-in's manifest: ``<root>/<name>/manifest.toml`` on the search path (the site's
+models.root, then the built-in models).
 
 The manifest is the whole contract between a model author and the node: what the model wants
 (selection defaults, preprocessing, inference window), what it says (labels with coded concepts
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -174,12 +176,30 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_manifest(root: Path, name: str) -> tuple[Manifest, Path]:
-    """The manifest of model ``name`` and its folder; ModelError naming what is wrong."""
-    folder = root / name
+ModelPath = Path | Sequence[Path]
+
+
+def search_path(where: ModelPath) -> tuple[Path, ...]:
+    """One root, or the search path (``Settings.model_path``: the site's root, then the
+    built-in models), as a tuple of roots."""
+    return (where,) if isinstance(where, Path) else tuple(where)
+
+
+def find_model(where: ModelPath, name: str) -> Path:
+    """The folder of model ``name``: the first root of the search path that has it."""
+    roots = search_path(where)
+    for root in roots:
+        if (root / name / MANIFEST).is_file():
+            return root / name
+    looked = " or ".join(str(root / name) for root in roots)
+    raise ModelError(f"model {name!r}: no {MANIFEST} in {looked}")
+
+
+def load_manifest(where: ModelPath, name: str) -> tuple[Manifest, Path]:
+    """The manifest of model ``name`` (found on ``where``) and its folder; ModelError naming
+    what is wrong."""
+    folder = find_model(where, name)
     path = folder / MANIFEST
-    if not path.is_file():
-        raise ModelError(f"model {name!r}: no {MANIFEST} in {folder}")
     try:
         manifest = Manifest.model_validate(tomllib.loads(path.read_text()))
     except (tomllib.TOMLDecodeError, ValidationError) as exc:

@@ -18,7 +18,13 @@ from typing import Any
 import torch
 from monai.bundle import ConfigParser
 
-from workers.inference.manifest import Manifest, ModelError, load_manifest, sha256_of
+from workers.inference.manifest import (
+    Manifest,
+    ModelError,
+    ModelPath,
+    load_manifest,
+    sha256_of,
+)
 
 
 def pick_device(wanted: str) -> torch.device:
@@ -126,15 +132,15 @@ def load_model(manifest: Manifest, folder: Path, device: torch.device) -> Loaded
 class ModelCache:
     """Warm models for this worker process; reloaded when the manifest's digest changes."""
 
-    def __init__(self, root: Path, device: str) -> None:
-        self.root = root
+    def __init__(self, where: ModelPath, device: str) -> None:
+        self.where = where  # one root, or the search path (Settings.model_path)
         self.device = device
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> LoadedModel:
         """The named model, loaded once and again only when its manifest changes."""
-        manifest, folder = load_manifest(self.root, name)
+        manifest, folder = load_manifest(self.where, name)
         with self._lock:
             cached = self._models.get(name)
             if cached is not None and cached.manifest == manifest:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -51,6 +52,7 @@ class ModelInfo:
     runner: str | None
     labels: list[str]
     status: str  # "ok", or what is wrong
+    folder: str | None  # where it was found on the search path
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +61,21 @@ class ModelRow(ModelInfo):
     trend: Trend
 
 
-def describe_models(root: Path) -> list[ModelInfo]:
-    """Every folder under ``root`` with a manifest, checked."""
+def describe_models(where: Sequence[Path]) -> list[ModelInfo]:
+    """Every model on the search path (``Settings.model_path``), checked; a name found in two
+    roots is the first one's, as the workers load it."""
     from workers.inference.manifest import MANIFEST, ModelError, load_manifest  # noqa: PLC0415
 
     rows: list[ModelInfo] = []
-    folders = sorted(p.parent for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
-    for folder in folders:
+    folders: dict[str, Path] = {}
+    for root in where:
+        for found in sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []:
+            folders.setdefault(found.parent.name, found.parent)
+    for name, folder in sorted(folders.items()):
         try:
-            manifest, _ = load_manifest(root, folder.name)
+            manifest, _ = load_manifest(folder.parent, name)
         except ModelError as exc:
-            rows.append(ModelInfo(folder.name, None, None, [], str(exc)))
+            rows.append(ModelInfo(name, None, None, [], str(exc), str(folder)))
             continue
         rows.append(
             ModelInfo(
@@ -78,6 +84,7 @@ def describe_models(root: Path) -> list[ModelInfo]:
                 manifest.runner.kind,
                 [label.name for label in manifest.labels],
                 _weights_status(folder, manifest.runner.weights, manifest.runner.sha256),
+                str(folder),
             )
         )
     return rows
@@ -92,13 +99,15 @@ def _weights_status(folder: Path, weights: str, sha256: str) -> str:
     return "ok" if sha256_of(path) == sha256 else f"weights fail the sha256 check ({weights})"
 
 
-def models_overview(engine: Engine, root: Path) -> list[ModelRow]:
+def models_overview(engine: Engine, where: Sequence[Path]) -> list[ModelRow]:
     """The models page and API: every installed model (and every model jobs name that is not
     installed) with its run statistics and daily trend."""
     stats = model_stats(engine)
-    infos = describe_models(root)
+    infos = describe_models(where)
     names = {i.name for i in infos}
-    infos += [ModelInfo(n, None, None, [], "not installed") for n in sorted(set(stats) - names)]
+    infos += [
+        ModelInfo(n, None, None, [], "not installed", None) for n in sorted(set(stats) - names)
+    ]
     return [
         ModelRow(**asdict(i), stats=stats.get(i.name), trend=_trend(stats.get(i.name)))
         for i in infos

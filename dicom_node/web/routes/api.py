@@ -3,7 +3,6 @@
 No ``from __future__ import annotations``: FastAPI reads these annotations at run time.
 """
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
@@ -80,4 +79,4 @@ def audit_csv(_: Viewer, ctx: Ctx, flt: AuditQuery) -> Response:
 
 @router.get("/models")
 def api_models(_: Viewer, ctx: Ctx) -> list[models.ModelRow]:
-    return models.models_overview(ctx.engine, Path(ctx.settings.models.root))
+    return models.models_overview(ctx.engine, ctx.settings.model_path)

@@ -3,8 +3,6 @@
 No ``from __future__ import annotations``: FastAPI reads these annotations at run time.
 """
 
-from pathlib import Path
-
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
@@ -89,7 +87,7 @@ def destinations_page(request: Request, _: Viewer, ctx: Ctx) -> HTMLResponse:
 
 @router.get("/models")
 def models_page(request: Request, _: Viewer, ctx: Ctx) -> HTMLResponse:
-    rows = models.models_overview(ctx.engine, Path(ctx.settings.models.root))
+    rows = models.models_overview(ctx.engine, ctx.settings.model_path)
     return page(request, "models.html", models=rows)
 
 

@@ -5,8 +5,8 @@ The network learns the labeler's tissue step (Hounsfield ranges and clean-up, ``
 whole frames; the body region is the labeler's classical body mask, which the node applies to
 the network's output (``[postprocessing] mask`` in the manifest) and so does the scoring here.
 
-    python models/ct-tissue/train.py                     # full run, writes this folder's bundle
-    python models/ct-tissue/train.py --smoke --out /tmp/x  # a few steps, proves the script works
+    python dicom_node/models/ct-tissue/train.py          # full run, writes this folder's bundle
+    python dicom_node/models/ct-tissue/train.py --smoke --out /tmp/x  # a few steps, to prove it
 
 Reproducible: fixed seeds, deterministic torch algorithms, single-process data; the config,
 the input files' sha256 and the held-out metrics go to ``metrics.json`` next to the weights.
@@ -39,7 +39,7 @@ from workers.inference.volume import Volume, load_series
 from workers.labelers import ct_tissue
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 
 # Real CT in the test data (../shared/testdata, or DICOM_NODE_TESTDATA); see its inventory.csv.
 TRAIN = (
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     weights_path = args.out / "models" / "model.pt"
     torch.save(net.state_dict(), weights_path)
     finished = time.perf_counter()
-    metrics = {
+    metrics: dict[str, Any] = {
         "held_out": {"series": HELD_OUT, **held_score},
         "training_series": seen,
         "config": {
