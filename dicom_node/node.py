@@ -2,8 +2,9 @@
 worker`` (a Celery worker) are wired here and nowhere else; the one place to read the flow.
 
 1. prepare: migrate the index, run the recovery scan, close associations left open by a crash;
-2. receive: N SCP processes (``dicom_node.receive``) listen on one port with SO_REUSEPORT;
-   a supervisor restarts any that dies;
+2. receive: N SCP processes (``dicom_node.receive``) accept on the one socket the supervisor
+   bound exclusively (a second node on the port does not start); it restarts any that dies;
+   once receiving, the node prints what it found (``dicom_node.admin.doctor``);
 3. complete: the sweeper (``dicom_node.studies``) turns evidence into COMPLETE studies and, in
    the same transaction, makes their jobs (``dicom_node.jobs``);
 4. dispatch: the reconciler (``dicom_node.jobs.dispatch``) expires leases and, with a broker,
@@ -70,6 +71,21 @@ def prepare(settings: Settings) -> Prepared:
     report = recover(StorageLayout(settings.storage.root), engine)
     orphaned = Index(engine).close_orphaned_associations()
     return Prepared(engine, report, orphaned)
+
+
+def report(settings: Settings, engine: Engine) -> None:
+    """The start-up block on stdout (the JSON logs are on stderr), once the destinations have
+    answered their C-ECHO; its counts also go to the log."""
+    from dicom_node import __version__  # noqa: PLC0415
+    from dicom_node.admin.doctor import render, startup_findings  # noqa: PLC0415
+
+    findings = startup_findings(settings, engine)
+    print(render(f"dicom-node {__version__} is receiving", findings), flush=True)
+    log.info(
+        "node_report",
+        problems=[f"{f.topic}: {f.text}" for f in findings if f.level == "problem"],
+        warnings=sum(f.level == "warning" for f in findings),
+    )
 
 
 def completion_policy(settings: Settings) -> CompletionPolicy:
@@ -157,6 +173,12 @@ class Node:
             if self.settings.queue.broker_url
             else f"embedded x{self.settings.queue.embedded_workers}",
         )
+        threading.Thread(
+            target=guarded,
+            args=(lambda: report(self.settings, prepared.engine), "report_failed"),
+            name="start-up-report",
+            daemon=True,
+        ).start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         while not self._stop.wait(0.5):

@@ -34,10 +34,19 @@ DCMTK = Path("/usr/bin")  # PITFALLS 9: pynetdicom's console scripts shadow dcmt
 NODE_AE = "DICOM_NODE"
 
 
+FETCHED_TESTDATA = Path.home() / ".cache" / "dicom-node" / "testdata"  # tools/fetch_testdata.py
+
+
 def testdata_root() -> Path | None:
+    """``DICOM_NODE_TESTDATA``; else ``../shared/testdata`` beside the clone; else where the
+    fetch command puts it. ``None`` when none of them is there."""
     configured = os.environ.get("DICOM_NODE_TESTDATA")
-    root = Path(configured) if configured else REPO.parent / "shared" / "testdata"
-    return root if root.is_dir() else None
+    if configured:
+        return Path(configured) if Path(configured).is_dir() else None
+    for root in (REPO.parent / "shared" / "testdata", FETCHED_TESTDATA):
+        if root.is_dir():
+            return root
+    return None
 
 
 def free_port() -> int:

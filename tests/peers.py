@@ -186,18 +186,27 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.kills = 0
 
+    @property
+    def report(self) -> Path | None:
+        """Where its stdout goes: the start-up block (the JSON logs go to ``log``)."""
+        return self.log.with_suffix(".out") if self.log else None
+
     def start(self) -> None:
-        out = self.log.open("ab") if self.log else subprocess.DEVNULL
-        try:
+        if self.log is None or self.report is None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            return
+        with self.log.open("ab") as err, self.report.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config)],
                 stdout=out,
-                stderr=out,
+                stderr=err,
                 start_new_session=True,
             )
-        finally:
-            if self.log:
-                out.close()  # type: ignore[union-attr]
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -1,6 +1,7 @@
 """Fetch the real public DICOM test data from its origins, pinned by sha256.
 
-    python tools/fetch_testdata.py DEST          # download; then DICOM_NODE_TESTDATA=DEST
+    python tools/fetch_testdata.py               # into ~/.cache/dicom-node/testdata (tests look)
+    python tools/fetch_testdata.py DEST          # elsewhere; then DICOM_NODE_TESTDATA=DEST
     python tools/fetch_testdata.py --verify DIR  # check a copy against the pins
 
 The pins are ``tests/data/testdata-inventory.csv`` (one row per file: path, sha256, origin
@@ -23,6 +24,7 @@ from pathlib import Path
 
 PINS = Path(__file__).resolve().parents[1] / "tests/data/testdata-inventory.csv"
 RAW = "https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+DEFAULT_DEST = Path.home() / ".cache" / "dicom-node" / "testdata"  # tests/helpers.testdata_root
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,9 @@ def fetch(dest: Path) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dest", type=Path, nargs="?")
+    ap.add_argument(
+        "dest", type=Path, nargs="?", default=DEFAULT_DEST, help=f"default: {DEFAULT_DEST}"
+    )
     ap.add_argument("--verify", type=Path, help="check an existing copy against the pins")
     args = ap.parse_args()
     if args.verify:
@@ -190,8 +194,6 @@ def main() -> None:
         for path in bad:
             print(f"  missing or different: {path}")
         sys.exit(1 if bad else 0)
-    if args.dest is None:
-        ap.error("give DEST or --verify DIR")
     failed = fetch(args.dest)
     if failed:
         sys.exit(f"{len(failed)} files could not be fetched with a matching sha256: {failed[:5]}")

@@ -8,6 +8,7 @@ transaction as the change. A refused action raises ``ActionError`` with a messag
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, Row, select
 
@@ -17,6 +18,7 @@ from dicom_node.domain import JobState, StudyState
 from dicom_node.export import outbox
 from dicom_node.jobs.service import create_jobs, transition_job
 from dicom_node.logs import get_logger
+from dicom_node.results import JobSummary
 from dicom_node.settings import Settings
 from dicom_node.studies.transitions import transition_study
 
@@ -154,6 +156,52 @@ def resend(
         raise ActionError(f"nothing to resend: exports are {', '.join(states)} (still in flight)")
     log.info("exports_resent", export_ids=moved, job_id=job_id, actor=actor)
     return moved
+
+
+def send_results(
+    engine: Engine, settings: Settings, job_id: str, destination: str, actor: str
+) -> list[str]:
+    """Send a job's kept result objects to ``destination`` (one added since, or a second
+    one): new outbox rows for the objects of its profile. What cannot be sent says why."""
+    dest = settings.destination(destination)
+    if dest is None:
+        known = ", ".join(d.name for d in settings.destinations) or "none configured"
+        raise NotFoundError(f"no destination {destination!r} (destinations: {known})")
+    with engine.connect() as conn:
+        job = conn.execute(
+            select(Job.state, Job.study_uid, Job.result).where(Job.id == job_id)
+        ).one_or_none()
+    if job is None:
+        raise NotFoundError(f"no job {job_id}")
+    summary = JobSummary.from_json(job.result) if job.result else None
+    if summary is None or summary.results is None:
+        raise ActionError(f"job {job_id} is {job.state}: it has no result objects to send")
+    objects = summary.objects_for(dest.profile)
+    if not objects:
+        built = ", ".join(sorted(summary.results.objects)) or "none"
+        raise ActionError(
+            f"job {job_id} built objects for profile(s) {built}, and {destination} takes "
+            f"profile {dest.profile!r}: re-run the study to build them "
+            f"(dicom-node studies rerun {job.study_uid})"
+        )
+    missing = [o.path for o in objects if not Path(o.path).is_file()]
+    if missing:
+        raise ActionError(f"result files are gone from the node: {', '.join(missing)}")
+    made = outbox.send_kept(
+        engine,
+        job_id=job_id,
+        study_uid=job.study_uid,
+        dest=dest,
+        objects=objects,
+        actor=actor,
+    )
+    if not made:
+        raise ActionError(
+            f"job {job_id} already has these objects for {destination}: "
+            f"dicom-node exports resend --job {job_id}"
+        )
+    log.info("results_sent", job_id=job_id, destination=destination, exports=made, actor=actor)
+    return made
 
 
 ECHO_TEST_TIMEOUT_S = 5.0

@@ -32,6 +32,7 @@ app = typer.Typer(
 app.command()(node.serve)
 app.command()(node.echo)
 app.command()(node.worker)
+app.command()(node.doctor)
 for name, group in [
     ("config", config),
     ("studies", studies),

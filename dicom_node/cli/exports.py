@@ -43,6 +43,22 @@ def _lines(r: Any) -> Iterator[str]:
         yield f"{'':<11} {r.last_error}"
 
 
+@app.command("send")
+def exports_send(
+    job: Annotated[str, typer.Option("--job", help="The job whose kept results go.")],
+    to: Annotated[str, typer.Option("--to", help="A destination of [[destinations]].")],
+    config: ConfigOption = None,
+) -> None:
+    """Send a job's results, kept on the node, to a destination: one there was none for when
+    it ran, or one added since. New outbox rows, recorded in the audit log."""
+    from dicom_node.admin.actions import send_results  # noqa: PLC0415
+
+    settings = common.settings_for(config)
+    engine = common.engine_for(settings)
+    made = common.run_action(lambda: send_results(engine, settings, job, to, common.actor()))
+    typer.echo(f"{len(made)} object(s) queued for {to}: " + " ".join(made))
+
+
 @app.command("resend")
 def exports_resend(
     export_id: Annotated[str | None, typer.Argument(help="One outbox row.")] = None,

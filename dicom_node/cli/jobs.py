@@ -10,7 +10,7 @@ import typer
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
 
-app = typer.Typer(rich_markup_mode=None, help="Inference jobs: list, retry, cancel.")
+app = typer.Typer(rich_markup_mode=None, help="Inference jobs: list, show, retry, cancel.")
 
 
 @app.callback(invoke_without_command=True)
@@ -32,6 +32,42 @@ def _lines(r: Any) -> Iterator[str]:
         yield f"{'':<22}{r.stack['label']}"
     if r.error:
         yield f"{'':<22}error: {r.error}"
+
+
+@app.command("show")
+def jobs_show(job_id: str, as_json: JsonOption = False, config: ConfigOption = None) -> None:
+    """One job: its stages, measurements, the result objects it keeps on the node (where each
+    file is, and which destinations have it), its exports, and where else it can be sent."""
+    from dicom_node.admin.read.timeline import job_timeline  # noqa: PLC0415
+
+    settings = common.settings_for(config)
+    found = job_timeline(common.engine_for(settings), settings, job_id)
+    if found is None:
+        typer.echo(f"no job {job_id}", err=True)
+        raise typer.Exit(1)
+    common.emit(found, as_json, job_lines)
+
+
+def job_lines(j: Any) -> Iterator[str]:
+    """A job for people: ``jobs show``, and each job of ``studies show``."""
+    yield f"job {j.job_id} {j.model} {j.state} (rule {j.rule}, attempts {j.attempts})"
+    if j.error:
+        yield f"  error: {j.error}"
+    for st in j.stages:
+        if st.at:
+            took = f"  +{st.duration_s:.3f} s {st.duration_of}" if st.duration_of else ""
+            yield f"  {st.at}  {st.stage}{took}"
+    for m in j.measurements:
+        mean = f", mean {m.mean:.1f}" if m.mean is not None else ""
+        yield f"  {m.label}: {m.volume_ml:.2f} mL ({m.voxels} voxels{mean})"
+    for o in j.objects:
+        where = o.path if o.on_node else f"{o.path} (gone)"
+        sent = ", ".join(o.sent_to) or "not sent"
+        yield f"  {o.kind:<3} [{o.profile}] {o.sop_instance_uid}  {where}  -> {sent}"
+    for x in j.exports:
+        yield f"  {x.kind} -> {x.destination}: {x.state} {x.last_status or ''}".rstrip()
+    for name in j.sendable:
+        yield f"  can be sent: dicom-node exports send --job {j.job_id} --to {name}"
 
 
 @app.command("retry")

@@ -45,6 +45,18 @@ def echo(
     raise typer.Exit(0 if result.ok else 1)
 
 
+def doctor(config: ConfigOption = None) -> None:
+    """Check the configuration as the node would use it: data dir, free disk, the index's
+    migrations, models and rules, the broker, each destination's C-ECHO, the accounts. Exit 1
+    on a problem (warnings alone exit 0); nothing is created or migrated."""
+    from dicom_node import __version__  # noqa: PLC0415
+    from dicom_node.admin.doctor import doctor_findings, render  # noqa: PLC0415
+
+    findings = doctor_findings(settings_for(config))
+    typer.echo(render(f"dicom-node {__version__} doctor", findings))
+    raise typer.Exit(1 if any(f.level == "problem" for f in findings) else 0)
+
+
 def worker(
     queues: Annotated[str, typer.Option("-Q", "--queues", help="gpu, io or both: gpu,io")] = "gpu",
     concurrency: Annotated[

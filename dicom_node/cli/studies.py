@@ -9,6 +9,7 @@ import typer
 
 from dicom_node.cli import common
 from dicom_node.cli.common import ConfigOption, JsonOption
+from dicom_node.cli.jobs import job_lines
 
 app = typer.Typer(rich_markup_mode=None, help="Studies in the index (no patient names).")
 
@@ -68,14 +69,7 @@ def _timeline_lines(s: Any) -> Iterator[str]:
         for key, why in r.refused.items():
             yield f"  refused {key}: {why}"
     for j in s.jobs:
-        yield f"job {j.job_id} {j.model} {j.state} (attempts {j.attempts})"
-        if j.error:
-            yield f"  error: {j.error}"
-        for m in j.measurements:
-            mean = f", mean {m.mean:.1f}" if m.mean is not None else ""
-            yield f"  {m.label}: {m.volume_ml:.2f} mL ({m.voxels} voxels{mean})"
-        for x in j.exports:
-            yield f"  {x.kind} -> {x.destination}: {x.state} {x.last_status or ''}".rstrip()
+        yield from job_lines(j)
 
 
 @app.command("force-complete")

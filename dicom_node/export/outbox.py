@@ -57,9 +57,12 @@ def create_exports(
     destinations: Sequence[DestinationSettings],
     objects: Mapping[str, Sequence[ResultObject]],
     at: datetime,
+    reason: str = "results ready",
+    actor: str = "system",
 ) -> list[str]:
     """PENDING rows for each destination x each object of its profile (in the caller's
-    transaction: ``jobs.service.results_ready``)."""
+    transaction: ``jobs.service.results_ready``, or ``send_kept``). A row the job already has
+    for that destination and object is left as it is."""
     made = []
     for dest in destinations:
         for obj in objects.get(dest.profile, ()):
@@ -87,7 +90,8 @@ def create_exports(
                     current=None,
                     target=ExportState.PENDING,
                     at=at,
-                    reason="results ready",
+                    reason=reason,
+                    actor=actor,
                     details={
                         "destination": dest.name,
                         "kind": str(obj.kind),
@@ -411,6 +415,44 @@ def resend(
                     values={"error": None},
                 )
     return moved
+
+
+def send_kept(
+    engine: Engine,
+    *,
+    job_id: str,
+    study_uid: str,
+    dest: DestinationSettings,
+    objects: Sequence[ResultObject],
+    actor: str,
+) -> list[str]:
+    """Rows for results kept on the node (no destination then, or one added since): PENDING
+    for ``dest``, and the job, DONE or FAILED, back to EXPORTING until they are sent."""
+    now = utcnow()
+    with engine.begin() as conn:
+        made = create_exports(
+            conn,
+            job_id=job_id,
+            study_uid=study_uid,
+            destinations=[dest],
+            objects={dest.profile: objects},
+            at=now,
+            reason=f"sent to {dest.name} by {actor}",
+            actor=actor,
+        )
+        state = conn.execute(select(Job.state).where(Job.id == job_id)).scalar_one()
+        if made and state in (JobState.DONE, JobState.FAILED):
+            transition_job(
+                conn,
+                job_id,
+                JobState(state),
+                JobState.EXPORTING,
+                at=now,
+                reason=f"sent to {dest.name} by {actor}",
+                actor=actor,
+                values={"error": None},
+            )
+    return made
 
 
 # --- the destination's circuit ------------------------------------------------------------

@@ -45,7 +45,7 @@ from dicom_node.web.context import (
     page,
     session_secret,
 )
-from dicom_node.web.format import duration, when
+from dicom_node.web.format import dicom_date, dicom_time, duration, uid_parts, when
 from dicom_node.web.routes import actions, api, auth, pages
 from dicom_node.web.routes import metrics as metrics_route
 
@@ -102,6 +102,9 @@ def _templates() -> Jinja2Templates:
     templates.env.globals["chart"] = plots.chart
     templates.env.filters["dur"] = duration
     templates.env.filters["when"] = when
+    templates.env.filters["da"] = dicom_date
+    templates.env.filters["tm"] = dicom_time
+    templates.env.globals["uid_parts"] = uid_parts
     return templates
 
 

@@ -28,11 +28,15 @@ def test_serve_logs_are_json_without_phi(tmp_path: Path, ct_dir: Path) -> None:
         wait_for(lambda: b"study_completed" in log.read_bytes(), 15, "completion logged")
     finally:
         node.stop()
+    assert node.report is not None
     text = log.read_text()
+    report = node.report.read_text()  # the start-up block on stdout
+    assert "is receiving" in report
     ds = dcmread(files[1], stop_before_pixels=True)
     assert "c_store_failed" in text and "c_store_duplicate" in text  # it did log those paths
     for phi in {str(ds.PatientName), str(ds.PatientID), str(ds.PatientName).replace("^", " ")}:
         assert phi and phi not in text, f"PHI in the logs: {phi!r}"
+        assert phi not in report, f"PHI in the start-up report: {phi!r}"
     import json  # noqa: PLC0415
 
     events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]

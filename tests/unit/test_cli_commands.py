@@ -291,7 +291,7 @@ def test_every_group_module_is_mounted_under_its_name() -> None:
         mounted = root.commands[name]
         assert isinstance(mounted, TyperGroup)
         assert mounted.help == module.app.info.help  # type: ignore[attr-defined]
-    assert {"serve", "worker", "echo"} <= set(root.commands)
+    assert {"serve", "worker", "echo", "doctor"} <= set(root.commands)
     assert cli_node.serve.__doc__
 
 

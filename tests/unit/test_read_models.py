@@ -290,6 +290,65 @@ def test_the_timeline_has_each_stage_with_what_its_duration_measures(engine: Eng
     assert [(m.label, m.voxels, m.volume_ml) for m in job.measurements] == [("bone", 1000, 12.5)]
 
 
+def test_a_re_run_and_a_re_send_are_in_the_timeline_and_measured_for_what_they_are(
+    engine: Engine,
+) -> None:
+    """A re-run an admin asks for an hour later is measured from that request, not from the
+    study's first instance; a re-send shows, with who asked, and the export duration says
+    that it includes it."""
+    add_job(
+        engine,
+        "job-rerun",
+        study_uid=STUDY,
+        state="DONE",
+        series_uids=[SERIES],
+        created_at=at(3600),
+        queued_at=at(3600),
+        started_at=at(3601),
+        results_ready_at=at(3607),
+        finished_at=at(3608),
+        result=summary(),
+        model="threshold",
+    )
+    with engine.begin() as conn:
+        for event, entity, s, actor, details in (
+            ("job.queued", "job-rerun", 3600, "cli:ann", {"reason": "re-run by cli:ann"}),
+            ("export.resend", "x-sr", 3700, "ada", {"reason": "resend by ada"}),
+            ("export.sending", "x-sr", 3701, "system", {"destination": "archive"}),
+            ("export.delivered", "x-sr", 3702.5, "system", {"destination": "archive"}),
+        ):
+            conn.execute(
+                insert(AuditEvent),
+                {
+                    "at": at(s),
+                    "event_type": event,
+                    "actor": actor,
+                    "study_uid": STUDY,
+                    "entity_type": "job" if entity.startswith("job") else "export",
+                    "entity_id": entity,
+                    "details": details,
+                },
+            )
+    t = timeline.timeline(engine, settings(), STUDY, show_accession=False)
+    assert t is not None
+    first, rerun = t.jobs
+    assert (first.total_of, first.total_s) == ("first instance to finished", 22.0)
+    assert (rerun.total_of, rerun.total_s) == ("re-run to finished", 8.0)
+    queued = rerun.stages[0]
+    assert (queued.stage, queued.duration_s, queued.duration_of) == (
+        "queued (re-run by cli:ann)",
+        None,
+        None,
+    )
+    assert first.stages[-1].duration_of == "export, re-sends included"
+    entries = [(e.stage, e.actor, e.duration_s) for e in t.timeline]
+    assert ("threshold: SR resend", "ada", None) in entries
+    assert ("threshold: SR delivered", None, 1.5) in entries  # since its own sending
+    assert entries.index(("threshold: SR resend", "ada", None)) > entries.index(
+        ("threshold: queued (re-run by cli:ann)", None, None)
+    )
+
+
 def test_the_timeline_merges_stages_and_export_events_in_time_order(engine: Engine) -> None:
     t = timeline.timeline(engine, settings(), STUDY, show_accession=False)
     assert t is not None

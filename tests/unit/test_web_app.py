@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from dicom_node.admin.users import FREE_FAILURES, Role, add_user
+from dicom_node.audit.recorder import AuditEventType, record
 from dicom_node.settings import Settings
 from dicom_node.web import app as web_app
 from dicom_node.web.app import SESSION_COOKIE, create_app
@@ -238,3 +239,38 @@ def test_every_response_has_the_security_headers_and_logs_no_query(
         ("/static/admin.css", 200, None),
     ]
     assert "ACC-5521-XY" not in repr(logged)  # what an admin typed stays out of the log
+
+
+def test_the_audit_log_pages_keeping_its_filters_and_shows_whole_uids(
+    app: tuple[TestClient, Engine],
+) -> None:
+    """250 events: pages of 100, newest first; the pager links keep the filter; entity UIDs
+    are whole in the page (shortened only on screen); details are key-value pairs."""
+    client, engine = app
+    long_uid = "1.2.826.0.1.3680043.8.498.99887766554433221100"
+    with engine.begin() as conn:
+        for i in range(250):
+            record(
+                conn,
+                AuditEventType.EXPORT_SENDING,
+                entity_type="export",
+                entity_id=f"{long_uid}.{i}",
+                actor="system",
+                details={"destination": "pacs", "attempt": i},
+            )
+        record(conn, AuditEventType.DESTINATION_ECHO, entity_type="destination", entity_id="x")
+    assert login(client, "vic", "viewer pass") == 303
+    first = client.get("/audit", params={"event_type": "export."}).text
+    assert "events 1-100 of 250" in first
+    assert f'title="{long_uid}.249"' in first and f'data-uid="{long_uid}.249"' in first
+    assert "<dt>attempt</dt><dd>249</dd>" in first and "<dt>destination</dt><dd>pacs</dd>" in first
+    older = re.search(r'<a href="/audit\?([^"]+)">older', first)
+    assert older is not None and older[1] == "event_type=export.&amp;page=2"
+    second = client.get("/audit", params={"event_type": "export.", "page": 2}).text
+    assert "events 101-200 of 250" in second and f"{long_uid}.149" in second
+    assert f"{long_uid}.249" not in second
+    assert "← newer" in second and "older →" in second
+    last = client.get("/audit", params={"event_type": "export.", "page": 9}).text  # past the end
+    assert "events 201-250 of 250" in last and "older →" not in last
+    assert "<td>destination.echo</td>" not in last  # the filter held on every page
+    assert last.count("<td>export.sending</td>") == 50

@@ -18,7 +18,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from dicom_node.settings import Settings
 from dicom_node.web import filters, plots
 from dicom_node.web.context import CSRF, csrf_token, day, safe_next, session_secret
-from dicom_node.web.format import duration, when
+from dicom_node.web.format import dicom_date, dicom_time, duration, uid_parts, when
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -193,3 +193,27 @@ def test_line_chart_breaks_at_gaps_and_formats_long_durations() -> None:
     assert circles[2].findtext(f"{SVG}title") == "p50 04:00: 3 min"
     assert {c.get("fill") for c in circles[4:]} == {"none"}  # the second series as rings
     assert "4 min" in [t.text for t in svg.findall(f"{SVG}text")]  # the axis top, 240 s
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("20150206", "2015-02-06"), (" 19991231", "1999-12-31"), ("2015", "2015"), (None, "-")],
+)
+def test_dicom_dates_read_as_dates(value: str | None, text: str) -> None:
+    assert dicom_date(value) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("143005.123", "14:30:05"), ("1430", "14:30"), ("07", "07"), ("x1", "x1"), ("", "-")],
+)
+def test_dicom_times_read_as_times(value: str | None, text: str) -> None:
+    assert dicom_time(value) == text
+
+
+def test_a_long_uid_is_cut_in_the_middle_and_keeps_every_character() -> None:
+    uid = "1.2.826.0.1.3680043.8.498.12345678901234567890"
+    head, mid, tail = uid_parts(uid)
+    assert (head, tail) == ("1.2.826.0.1.36", "1234567890")
+    assert head + mid + tail == uid
+    assert uid_parts("1.2.3") == ("1.2.3", "", "")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Engine, and_, func, select
 
 from dicom_node.admin.read.common import day_start, iso
 from dicom_node.db.models import AuditEvent
@@ -23,6 +23,7 @@ class AuditFilter:
     since: date | None = None
     until: date | None = None  # inclusive
     limit: int = 500
+    offset: int = 0  # paging: newest first, skip this many
 
     def where(self) -> list[Any]:
         clauses: list[Any] = []
@@ -60,6 +61,7 @@ def audit(engine: Engine, flt: AuditFilter) -> list[AuditRow]:
         .where(and_(True, *flt.where()))
         .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
         .limit(flt.limit)
+        .offset(flt.offset)
     )
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
@@ -76,6 +78,16 @@ def audit(engine: Engine, flt: AuditFilter) -> list[AuditRow]:
         )
         for e in rows
     ]
+
+
+def count(engine: Engine, flt: AuditFilter) -> int:
+    """How many events the filter matches (all pages)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).select_from(AuditEvent).where(and_(True, *flt.where()))
+            ).scalar_one()
+        )
 
 
 def event_types(engine: Engine) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
@@ -92,6 +93,18 @@ class Measure:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectRow:
+    """One result object a job built and keeps on the node: where it is, and where it went."""
+
+    profile: str
+    kind: str
+    sop_instance_uid: str
+    path: str
+    on_node: bool  # the file is still there to send
+    sent_to: list[str]  # destinations with an outbox row for it
+
+
+@dataclass(frozen=True, slots=True)
 class JobTimeline:
     job_id: str
     rule: str
@@ -102,11 +115,14 @@ class JobTimeline:
     series_uids: list[str]
     stack: dict[str, Any] | None
     stages: list[Stage]
-    total_s: float | None  # first instance -> finished
+    total_s: float | None  # first instance (a re-run: its request) -> finished
+    total_of: str
     exports: list[ExportRow]
     export_attempts: list[Event]
     log: list[Event]
     measurements: list[Measure]
+    objects: list[ObjectRow]
+    sendable: list[str]  # destinations its kept objects can still be sent to (exports send)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +176,8 @@ def timeline(
     stages = _study_stages(study)
     log = _job_logs(events, {x.id: x.job_id for x in exports})
     job_rows = [
-        _job(job, study, [x for x in exports if x.job_id == job.id], log[job.id]) for job in jobs
+        _job(job, study, [x for x in exports if x.job_id == job.id], log[job.id], settings)
+        for job in jobs
     ]
     return StudyTimeline(
         study_uid=study.study_uid,
@@ -176,6 +193,16 @@ def timeline(
         jobs=job_rows,
         events=events,
     )
+
+
+def job_timeline(engine: Engine, settings: Settings, job_id: str) -> JobTimeline | None:
+    """One job as its study's page shows it (stages, exports, objects), or ``None``."""
+    with engine.connect() as conn:
+        study_uid = conn.execute(select(Job.study_uid).where(Job.id == job_id)).scalar()
+    if study_uid is None:
+        return None
+    found = timeline(engine, settings, study_uid, show_accession=False)
+    return next((j for j in found.jobs if j.job_id == job_id), None) if found else None
 
 
 def _series(conn: Connection, study_id: int) -> list[SeriesRow]:
@@ -234,9 +261,23 @@ def _job_logs(events: list[Event], export_job: dict[str, str]) -> dict[str, list
     return by_job
 
 
-def _job(job: Any, study: Any, exports: list[Any], log: list[Event]) -> JobTimeline:
+def _job(
+    job: Any, study: Any, exports: list[Any], log: list[Event], settings: Settings
+) -> JobTimeline:
+    rerun_by = next(
+        (e.actor for e in log if str((e.details or {}).get("reason", "")).startswith("re-run")),
+        None,
+    )
+    resent = any(e.event == "export.resend" for e in log)
+    queued = (
+        Stage(f"queued (re-run by {rerun_by})", iso(job.queued_at), None, None)
+        if rerun_by
+        else Stage(
+            "queued", iso(job.queued_at), seconds(study.completed_at, job.queued_at), "completion"
+        )
+    )
     stages = [
-        Stage("queued", iso(job.queued_at), seconds(study.completed_at, job.queued_at), None),
+        queued,
         Stage(
             "running",
             iso(job.started_at),
@@ -253,9 +294,11 @@ def _job(job: Any, study: Any, exports: list[Any], log: list[Event]) -> JobTimel
             f"finished ({job.state})",
             iso(job.finished_at),
             seconds(job.results_ready_at or job.started_at, job.finished_at),
-            "export" if job.results_ready_at else None,
+            ("export, re-sends included" if resent else "export") if job.results_ready_at else None,
         ),
     ]
+    # a re-run is measured from when it was asked for, not from the study's first instance
+    since = job.queued_at if rerun_by else study.first_received
     return JobTimeline(
         job_id=job.id,
         rule=job.rule,
@@ -266,12 +309,42 @@ def _job(job: Any, study: Any, exports: list[Any], log: list[Event]) -> JobTimel
         series_uids=job.series_uids,
         stack=job.stack,
         stages=stages,
-        total_s=seconds(study.first_received, job.finished_at),
+        total_s=seconds(since, job.finished_at),
+        total_of="re-run to finished" if rerun_by else "first instance to finished",
         exports=[export_row(x) for x in exports],
         export_attempts=[e for e in log if e.event.startswith("export.")],
         log=log,
         measurements=_measurements(job.result),
+        objects=(objects := _objects(job.result, exports)),
+        sendable=_sendable(objects, exports, settings),
     )
+
+
+def _objects(result: dict[str, Any] | None, exports: list[Any]) -> list[ObjectRow]:
+    summary = JobSummary.from_json(result) if result else None
+    built = summary.results.objects if summary and summary.results else {}
+    sent: dict[str, list[str]] = defaultdict(list)
+    for x in exports:
+        sent[x.sop_instance_uid].append(x.destination)
+    return [
+        ObjectRow(
+            profile,
+            str(o.kind),
+            o.sop_instance_uid,
+            o.path,
+            Path(o.path).is_file(),
+            sorted(set(sent[o.sop_instance_uid])),
+        )
+        for profile, objs in sorted(built.items())
+        for o in objs
+    ]
+
+
+def _sendable(objects: list[ObjectRow], exports: list[Any], settings: Settings) -> list[str]:
+    """Destinations whose profile this job built, that have no row of it yet."""
+    have = {x.destination for x in exports}
+    built = {o.profile for o in objects if o.on_node}
+    return [d.name for d in settings.destinations if d.profile in built and d.name not in have]
 
 
 def _rule(o: RuleOutcome) -> RuleRow:

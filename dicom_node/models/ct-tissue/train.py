@@ -173,7 +173,10 @@ def write_bundle(out: Path, weights_sha256: str, held_out: dict[str, Any] | None
 
 
 def testdata_root(given: str | None) -> Path:
-    root = Path(given or os.environ.get("DICOM_NODE_TESTDATA") or REPO.parent / "shared/testdata")
+    """--testdata; else DICOM_NODE_TESTDATA; else ../shared/testdata or the fetch command's."""
+    fetched = Path.home() / ".cache" / "dicom-node" / "testdata"
+    found = next((p for p in (REPO.parent / "shared/testdata", fetched) if p.is_dir()), fetched)
+    root = Path(given or os.environ.get("DICOM_NODE_TESTDATA") or found)
     if not root.is_dir():
         sys.exit(f"test data not found at {root}: set DICOM_NODE_TESTDATA or fetch it (README)")
     return root
@@ -363,7 +366,10 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--testdata", help="default: $DICOM_NODE_TESTDATA or ../shared/testdata")
+    parser.add_argument(
+        "--testdata",
+        help="default: $DICOM_NODE_TESTDATA, ../shared/testdata or ~/.cache/dicom-node/testdata",
+    )
     parser.add_argument("--out", type=Path, default=HERE, help="bundle folder to write")
     parser.add_argument("--steps", type=int, default=1400)
     parser.add_argument("--batch", type=int, default=4)

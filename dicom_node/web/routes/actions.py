@@ -98,6 +98,18 @@ for _action in ACTIONS:
     router.add_api_route(_action.path, _endpoint(_action), methods=["POST"], name=_action.name)
 
 
+@router.post("/jobs/{job}/send")
+async def send(request: Request, user: Admin, ctx: Ctx, job: str) -> Response:
+    """The job's kept results to the destination chosen in the form (``destination``)."""
+    form = await form_of(request)
+    name = str(form.get("destination") or request.query_params.get("destination") or "")
+    return await act(
+        request,
+        lambda: actions.send_results(ctx.engine, ctx.settings, job, name, user.name),
+        f"The job's results are queued for {name}.",
+    )
+
+
 @router.post("/destinations/{name}/echo")
 async def echo(request: Request, user: Admin, ctx: Ctx, name: str) -> Response:
     form = await form_of(request)

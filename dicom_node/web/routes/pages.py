@@ -3,7 +3,11 @@
 No ``from __future__ import annotations``: FastAPI reads these annotations at run time.
 """
 
-from fastapi import APIRouter, HTTPException, Request
+from dataclasses import replace
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from dicom_node.admin.read import audit, dashboard, destinations, jobs, models, studies, timeline
@@ -12,6 +16,7 @@ from dicom_node.web.filters import AuditQuery, ExportQuery, JobQuery, StudyQuery
 from dicom_node.web.routes.api import audit_csv
 
 router = APIRouter(default_response_class=HTMLResponse)
+PageNumber = Annotated[int, Query(alias="page", ge=1)]
 
 
 @router.get("/")
@@ -66,15 +71,36 @@ def exports_page(request: Request, _: Viewer, ctx: Ctx, flt: ExportQuery) -> HTM
     )
 
 
+AUDIT_PAGE = 100
+
+
 @router.get("/audit")
-def audit_page(request: Request, _: Viewer, ctx: Ctx, flt: AuditQuery) -> HTMLResponse:
+def audit_page(
+    request: Request, _: Viewer, ctx: Ctx, flt: AuditQuery, page_number: PageNumber = 1
+) -> HTMLResponse:
+    """The audit log, newest first, a page at a time; the pager keeps the filters."""
+    total = audit.count(ctx.engine, flt)
+    last_page = max(1, -(-total // AUDIT_PAGE))
+    number = min(page_number, last_page)
+    shown = replace(flt, limit=AUDIT_PAGE, offset=(number - 1) * AUDIT_PAGE)
+    rows = audit.audit(ctx.engine, shown)
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k not in {"page", "limit"}]
+
+    def link(to: int) -> str:
+        return urlencode([*kept, ("page", str(to))])
+
     return page(
         request,
         "audit.html",
-        rows=audit.audit(ctx.engine, flt),
+        rows=rows,
         f=flt,
         event_types=audit.event_types(ctx.engine),
-        query=request.url.query,
+        query=urlencode(kept),
+        total=total,
+        first=shown.offset + 1,
+        last=shown.offset + len(rows),
+        newer=link(number - 1) if number > 1 else None,
+        older=link(number + 1) if number < last_page else None,
     )
 
 
