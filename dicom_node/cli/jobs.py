@@ -50,13 +50,15 @@ def jobs_show(job_id: str, as_json: JsonOption = False, config: ConfigOption = N
 
 def job_lines(j: Any) -> Iterator[str]:
     """A job for people: ``jobs show``, and each job of ``studies show``."""
+    from dicom_node.web.format import when  # noqa: PLC0415
+
     yield f"job {j.job_id} {j.model} {j.state} (rule {j.rule}, attempts {j.attempts})"
     if j.error:
         yield f"  error: {j.error}"
     for st in j.stages:
         if st.at:
-            took = f"  +{st.duration_s:.3f} s {st.duration_of}" if st.duration_of else ""
-            yield f"  {st.at}  {st.stage}{took}"
+            took = "" if st.duration_s is None else f"  +{st.duration_s:.3f} s {st.duration_of}"
+            yield f"  {when(st.at)}  {st.stage}{took}"
     for m in j.measurements:
         mean = f", mean {m.mean:.1f}" if m.mean is not None else ""
         yield f"  {m.label}: {m.volume_ml:.2f} mL ({m.voxels} voxels{mean})"

@@ -53,7 +53,12 @@ def studies_show(uid: str, as_json: JsonOption = False, config: ConfigOption = N
 
 
 def _timeline_lines(s: Any) -> Iterator[str]:
-    yield f"study {s.study_uid}  {s.state}  sent by {', '.join(s.calling_aes) or '-'}"
+    from dicom_node.web.format import dicom_date, when  # noqa: PLC0415
+
+    yield (
+        f"study {s.study_uid}  {s.state}  study date {dicom_date(s.study_date)}  "
+        f"sent by {', '.join(s.calling_aes) or '-'}"
+    )
     for se in s.series:
         yield (
             f"  series {se.series_number if se.series_number is not None else '-':>4} "
@@ -63,7 +68,7 @@ def _timeline_lines(s: Any) -> Iterator[str]:
     for e in s.timeline:
         took = f"  +{e.duration_s:.3f} s {e.duration_of or ''}" if e.duration_s is not None else ""
         extra = " · ".join(v for v in (e.actor, e.detail) if v)
-        yield f"  {e.at}  {e.stage}{took}{'  (' + extra + ')' if extra else ''}"
+        yield f"  {when(e.at)}  {e.stage}{took}{'  (' + extra + ')' if extra else ''}"
     for r in s.rules:
         yield f"rule {r.rule}: " + (", ".join(r.chosen) if r.chosen else "does not apply")
         for key, why in r.refused.items():

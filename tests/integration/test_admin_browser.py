@@ -196,6 +196,50 @@ def test_admin_ui_end_to_end(browser: Any, tmp_path: Path, ct_dir: Path) -> None
             assert "resend by ada" in timeline
             _shot(driver, "05-after-resend")
 
+            # the study page: the study date as a date, the result objects where they are
+            study_date = dcmread(s.files[0], stop_before_pixels=True).StudyDate
+            header = driver.find_element(By.CSS_SELECTOR, ".card").text
+            assert f"Study date {study_date[:4]}-{study_date[4:6]}-{study_date[6:]}" in header
+            driver.find_element(By.CSS_SELECTOR, "details.objects summary").click()
+            objects = driver.find_elements(By.CSS_SELECTOR, "tr.object")
+            assert sorted(o.text.split()[0] for o in objects) == ["SEG", "SR"]
+            for row in objects:
+                assert str(tmp_path / "node" / "storage" / "results") in row.text
+                assert row.text.endswith("archive")  # sent to
+            _shot(driver, "05b-result-objects")
+
+            # the audit log: pages that keep the filter; whole UIDs behind the shortened ones
+            driver.get(f"{base}/audit?event_type=export.&per_page=10")
+            pager = driver.find_element(By.CSS_SELECTOR, ".pager").text
+            total = int(re.search(r"events 1-10 of (\d+)", pager)[1])  # type: ignore[index]
+            assert total > 10
+            uid = driver.find_element(By.CSS_SELECTOR, "td .uid.cut")
+            full = uid.get_attribute("data-uid") or ""
+            assert uid.get_attribute("title") == full and uid.text == full  # hover, copy
+            shown = driver.execute_script(  # what is drawn: head, an ellipsis, tail
+                "const u = arguments[0];"
+                "return [getComputedStyle(u.querySelector('.head'), '::after').content,"
+                " getComputedStyle(u.querySelector('.mid')).fontSize,"
+                " u.getBoundingClientRect().width,"
+                " u.querySelector('.head').textContent + u.querySelector('.tail').textContent];",
+                uid,
+            )
+            assert shown[0] == '"\u2026"' and shown[1] == "0px"
+            assert full.startswith(shown[3][:14]) and full.endswith(shown[3][14:])
+            assert shown[2] < 8 * len(full) * 0.7  # narrower than the whole UID would be
+            _shot(driver, "07-audit-page-1")
+            driver.find_element(By.LINK_TEXT, "older \u2192").click()
+            WebDriverWait(driver, 10).until(ec.url_contains("page=2"))
+            assert "event_type=export." in driver.current_url
+            assert "per_page=10" in driver.current_url
+            pager = driver.find_element(By.CSS_SELECTOR, ".pager").text
+            assert f"events 11-{min(20, total)} of {total}" in pager
+            events = [
+                e.text for e in driver.find_elements(By.CSS_SELECTOR, "tbody tr td:nth-child(2)")
+            ]
+            assert events and all(e.startswith("export.") for e in events)
+            _shot(driver, "07-audit-page-2")
+
             for page in ("jobs", "exports", "audit", "destinations", "models"):
                 driver.get(f"{base}/{page}")
                 assert "500" not in driver.title

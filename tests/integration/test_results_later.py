@@ -131,8 +131,9 @@ def test_kept_results_are_sent_to_a_destination_added_later(tmp_path: Path, ct_d
             )
         assert actors == {f"cli:{getpass.getuser()}"}
         DestinationSender(node.engine, later, later.destinations[0]).pass_once()
-        received = {str(dcmread(p).SOPInstanceUID) for p in (tmp_path / "archive").iterdir()}
-        assert received == set(objects)
+        files = list((tmp_path / "archive").iterdir())
+        assert {str(dcmread(p).SOPInstanceUID) for p in files} == set(objects)
+        assert len(files) == len(objects)  # each once
         with node.engine.connect() as conn:
             assert conn.execute(select(Job.state).where(Job.id == job_id)).scalar() == "DONE"
 
@@ -173,8 +174,9 @@ def test_kept_results_are_sent_to_a_destination_added_later(tmp_path: Path, ct_d
         )
         assert r.status_code == 303
         DestinationSender(node.engine, later, later.destinations[1]).pass_once()
-        received = {str(dcmread(p).SOPInstanceUID) for p in (tmp_path / "second").iterdir()}
-        assert received == set(objects)
+        files = list((tmp_path / "second").iterdir())
+        assert {str(dcmread(p).SOPInstanceUID) for p in files} == set(objects)
+        assert len(files) == len(objects)
         with node.engine.connect() as conn:
             rows = conn.execute(
                 select(Export.destination, Export.state).where(Export.job_id == job_id)

@@ -119,6 +119,23 @@ def test_doctor_passes_a_sound_node_and_fails_on_each_problem(tmp_path: Path) ->
     assert gone.returncode == 1
     assert lines_of(gone.stdout)["destination"][0][0] == "X"
 
+    # a rule whose model is nowhere on the search path, and the disk reserve reached
+    rules = write_node_config(
+        tmp_path / "rules.toml",
+        port=port,
+        workdir=tmp_path / "data",
+        extra='[[rules]]\nname = "mr"\nmodels = ["mr-brain"]\nmatch = { modality = ["MR"] }\n',
+    )
+    text = rules.read_text()
+    assert "min_free_mb = 10\n" in text
+    rules.write_text(text.replace("min_free_mb = 10\n", "min_free_mb = 1000000000\n"))
+    done = doctor(rules)
+    assert done.returncode == 1
+    found = lines_of(done.stdout)
+    assert found["rule"] == [("X", "mr: MR -> mr-brain (not usable: mr-brain)")]
+    [(mark, disk)] = found["disk"]
+    assert mark == "X" and disk.endswith("(refuses C-STORE below 1000000000 MB)")
+
     # a broker nobody listens on
     closed = free_port()
     broker = write_node_config(

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ def test_studies_list_and_show(site: tuple[Path, Engine]) -> None:
     code, out, _ = run(config, "studies", "show", STUDY)
     assert code == 0
     assert out.startswith(f"study {STUDY}  COMPLETE")
-    assert "job job-failed m FAILED (attempts 0)" in out
+    assert "job job-failed m FAILED (rule ct, attempts 0)" in out
     assert "  error: model said no" in out
     shown = json.loads(run(config, "studies", "show", STUDY, "--json")[1])
     assert shown["study_uid"] == STUDY and shown["jobs"][0]["job_id"] == "job-failed"
@@ -308,5 +309,38 @@ def test_every_commands_help_prints_as_written_with_distinct_flags() -> None:
         first = "".join((command.help or "").split("\n\n")[0].split())  # wrapping aside
         assert first, f"{' '.join(path)} has no help text"
         assert first in "".join(result.stdout.split()), (path, command.help)
+        # no markup ate a bracketed name: no empty [], no "( root)", no doubled space left behind
+        text = " ".join(result.stdout.split()).replace("- ", "-")  # wrapped at a hyphen
+        assert "[]" not in text and "( " not in text and " )" not in text, (path, text)
+        assert " ".join((command.help or "").split("\n\n")[0].split()).replace("- ", "-") in text
+        for line in result.stdout.splitlines():
+            prose = line.strip()
+            if prose and not prose.startswith(("-", "│", "╭", "╰")) and "  " in prose:
+                assert not re.search(r"[a-z,(]  [a-z)]", prose), (path, line)
         flags = [f for p in command.params for f in getattr(p, "opts", []) if f.startswith("-")]
         assert len(flags) == len(set(flags)), (path, flags)
+
+
+@pytest.mark.parametrize(
+    ("command", "columns"),
+    [
+        ("studies", ["STATE", "SERIES", "INST", "LAST RECEIVED", "STUDY UID"]),
+        ("jobs", ["STATE", "TRY", "MODEL", "RULE", "JOB / STUDY"]),
+        ("exports", ["STATE", "TRY", "KIND", "DESTINATION", "STATUS", "EXPORT / JOB"]),
+    ],
+)
+def test_table_columns_are_as_the_readme_documents_them(
+    site: tuple[Path, Engine], command: str, columns: list[str]
+) -> None:
+    config, _ = site
+    code, out, _ = run(config, command)
+    assert code == 0
+    header = out.splitlines()[0]
+    at = [header.index(c) for c in columns]
+    assert at == sorted(at)
+    for c in columns:
+        header = header.replace(c, "", 1)
+    assert header.strip() == ""  # those columns, in that order, and nothing else
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    [row] = [line for line in readme.splitlines() if line.startswith(f"| `dicom-node {command} [")]
+    assert ", ".join(columns) in row

@@ -273,7 +273,10 @@ def _job(
         Stage(f"queued (re-run by {rerun_by})", iso(job.queued_at), None, None)
         if rerun_by
         else Stage(
-            "queued", iso(job.queued_at), seconds(study.completed_at, job.queued_at), "completion"
+            "queued",
+            iso(job.queued_at),
+            seconds(study.completed_at, job.queued_at),
+            "since complete",
         )
     )
     stages = [

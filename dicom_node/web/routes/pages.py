@@ -71,18 +71,23 @@ def exports_page(request: Request, _: Viewer, ctx: Ctx, flt: ExportQuery) -> HTM
     )
 
 
-AUDIT_PAGE = 100
+PerPage = Annotated[int, Query(ge=10, le=500)]
 
 
 @router.get("/audit")
 def audit_page(
-    request: Request, _: Viewer, ctx: Ctx, flt: AuditQuery, page_number: PageNumber = 1
+    request: Request,
+    _: Viewer,
+    ctx: Ctx,
+    flt: AuditQuery,
+    page_number: PageNumber = 1,
+    per_page: PerPage = 100,
 ) -> HTMLResponse:
-    """The audit log, newest first, a page at a time; the pager keeps the filters."""
+    """The audit log, newest first, ``per_page`` events a page; the pager keeps the filters."""
     total = audit.count(ctx.engine, flt)
-    last_page = max(1, -(-total // AUDIT_PAGE))
+    last_page = max(1, -(-total // per_page))
     number = min(page_number, last_page)
-    shown = replace(flt, limit=AUDIT_PAGE, offset=(number - 1) * AUDIT_PAGE)
+    shown = replace(flt, limit=per_page, offset=(number - 1) * per_page)
     rows = audit.audit(ctx.engine, shown)
     kept = [(k, v) for k, v in request.query_params.multi_items() if k not in {"page", "limit"}]
 
@@ -101,6 +106,7 @@ def audit_page(
         last=shown.offset + len(rows),
         newer=link(number - 1) if number > 1 else None,
         older=link(number + 1) if number < last_page else None,
+        per_page=per_page,
     )
 
 
