@@ -46,6 +46,7 @@ from dicom_node.receive.scp import serve_scp_process
 from dicom_node.receive.server import listen
 from dicom_node.settings import Settings
 from dicom_node.storage.index import Index
+from dicom_node.storage.modes import secure
 from dicom_node.storage.paths import StorageLayout
 from dicom_node.storage.recovery import RecoveryReport, recover
 from dicom_node.studies.policy import CompletionPolicy
@@ -158,6 +159,13 @@ class Node:
         node = self.settings.node
         # the port first: a node that cannot have it must not start anything else
         self._listening = listen(node.host, node.port)
+        try:
+            secure(self.settings, create=True)  # then the data dir: modes, roots
+        except OSError as exc:
+            raise StartupError(
+                f"cannot make the storage under {self.settings.storage.root}: {exc.strerror}; "
+                "set [node] data_dir or DICOM_NODE_HOME to a folder this user may write"
+            ) from None
         prepared = prepare(self.settings)
         stages = self._start_stages(prepared.engine)
         index = Index(prepared.engine)

@@ -20,7 +20,7 @@ def serve(config: ConfigOption = None) -> None:
     from dicom_node.node import Node  # noqa: PLC0415
 
     try:
-        Node(settings_for(config, create=True)).run()
+        Node(settings_for(config)).run()  # it makes the data dir once it has the port
     except StartupError as exc:
         from dicom_node.logs import get_logger  # noqa: PLC0415
 

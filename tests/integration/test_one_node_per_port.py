@@ -68,7 +68,7 @@ def test_a_second_node_on_the_same_port_does_not_start(
     done = serve(second)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"port {port} is in use by another process" in done.stderr
-    assert not (tmp_path / "b" / "index.db").exists()  # it stopped before touching anything
+    assert not (tmp_path / "b").exists()  # it stopped before touching anything
     assert echo_ok(port, NODE_AE)  # and the first node still answers, alone
     assert node.proc is not None and node.proc.poll() is None
 
@@ -127,3 +127,17 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_data_dir_that_cannot_be_made_stops_the_start_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    config = tmp_path / "n.toml"
+    config.write_text(
+        f'rules = []\n[node]\nhost = "127.0.0.1"\nport = {free_port()}\ndata_dir = "a-file/node"\n'
+        "[admin]\nenabled = false\n"
+    )
+    done = serve(config)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"cannot make the storage under {tmp_path / 'a-file/node/storage'}" in done.stderr
+    assert "set [node] data_dir or DICOM_NODE_HOME" in done.stderr
+    assert "Traceback" not in done.stderr
