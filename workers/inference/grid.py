@@ -83,16 +83,20 @@ def plan_grid(volume: Volume, target_spacing: tuple[float, float, float] | None)
     )
 
 
-def _along_slices(array: torch.Tensor, index: np.ndarray, axis: int) -> torch.Tensor:
-    """Linear interpolation of ``array`` along ``axis`` at continuous positions ``index``."""
+def _along_slices(
+    array: torch.Tensor, index: np.ndarray, axis: int, offset: int = 0
+) -> torch.Tensor:
+    """Linear interpolation of ``array`` along ``axis`` at continuous positions ``index``;
+    ``array`` holds the slices from ``offset`` on (weights from the whole volume's indices, so
+    a part gives the very numbers the whole would)."""
     n = array.shape[axis]
     if n == 1:
         return array.index_select(
             axis, torch.zeros(len(index), dtype=torch.long, device=array.device)
         )
-    lower = np.clip(np.floor(index).astype(np.int64), 0, n - 2)
+    lower = np.clip(np.floor(index).astype(np.int64), offset, offset + n - 2)
     weight = torch.as_tensor(index - lower, dtype=array.dtype, device=array.device)
-    lo = torch.as_tensor(lower, device=array.device)
+    lo = torch.as_tensor(lower - offset, device=array.device)
     shape = [1] * array.ndim
     shape[axis] = len(index)
     weight = weight.reshape(shape)
@@ -103,15 +107,32 @@ def _exact_identity(index: np.ndarray) -> bool:
     return bool(np.array_equal(index, np.arange(len(index), dtype=np.float64)))
 
 
-def to_model_grid(volume: Volume, grid: ModelGrid, device: torch.device) -> torch.Tensor:
-    """[1, 1, slices, rows, columns] float32 on ``device``, on the model grid."""
-    x = torch.from_numpy(volume.array).to(device)
-    _, h, w = grid.shape
-    if (h, w) != grid.source_shape[1:]:
-        x = F.interpolate(x[:, None], size=(h, w), mode="bilinear", align_corners=True)[:, 0]
-    if not _exact_identity(grid.source_index):
-        x = _along_slices(x, grid.source_index, 0)
-    return x[None, None].contiguous()
+def to_model_grid(
+    volume: Volume, grid: ModelGrid, device: torch.device, chunk: int = 16
+) -> torch.Tensor:
+    """[1, 1, slices, rows, columns] float32 on ``device``, on the model grid. Built ``chunk``
+    model slices at a time from just the source slices they need (in-plane, then along the
+    slices: the same arithmetic per voxel as on the whole volume), so only the model grid is
+    ever held in float32, never the source volume."""
+    n, rows, cols = grid.source_shape
+    d, h, w = grid.shape
+    source = torch.from_numpy(volume.array)
+    identity = _exact_identity(grid.source_index) and d == n
+    out = torch.empty((d, h, w), dtype=torch.float32, device=device)
+    for start in range(0, d, chunk):
+        stop = min(d, start + chunk)
+        index = grid.source_index[start:stop]
+        if identity:
+            lo, hi = start, stop
+        else:
+            lo = 0 if n == 1 else min(max(0, int(np.floor(index.min()))), n - 2)
+            hi = min(n, int(np.floor(index.max())) + 2)
+        part = source[lo:hi].to(device=device, dtype=torch.float32)
+        if (h, w) != (rows, cols):
+            part = F.interpolate(part[:, None], size=(h, w), mode="bilinear", align_corners=True)
+            part = part[:, 0]
+        out[start:stop] = part if identity else _along_slices(part, index, 0, offset=lo)
+    return out[None, None]
 
 
 def argmax_channels(probs: torch.Tensor) -> torch.Tensor:

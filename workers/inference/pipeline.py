@@ -62,12 +62,13 @@ class JobInput:
 
 
 def normalise(x: torch.Tensor, manifest: Manifest) -> torch.Tensor:
-    """The intensity normalisation of the manifest: a window to 0..1, a z-score, or none."""
+    """The intensity normalisation of the manifest: a window to 0..1 (in place), a z-score,
+    or none."""
     pre = manifest.preprocessing
     if pre.intensity == "window":
         assert pre.window is not None  # noqa: S101 - the manifest validator ensures it
         low, high = pre.window
-        return (x.clamp(low, high) - low) / (high - low)
+        return x.clamp_(low, high).sub_(low).div_(high - low)  # in place: x is the model grid
     if pre.intensity == "zscore":
         std = x.std()
         return (x - x.mean()) / (std if float(std) > 0 else 1.0)
@@ -90,10 +91,13 @@ def _forward(
             logits = sliding_window_inference(
                 x, roi, batch, model.module, overlap=inf.overlap, mode="gaussian"
             )
-        logits = logits.float()
+        probs: torch.Tensor = logits.float()
         if inf.output == "sigmoid":
-            return torch.sigmoid(logits)
-        return torch.softmax(logits, dim=1)
+            return probs.sigmoid_()
+        # softmax in place: the model grid's logits become its probabilities (no second copy)
+        probs -= probs.amax(dim=1, keepdim=True)
+        probs.exp_()
+        return probs.div_(probs.sum(dim=1, keepdim=True))
 
 
 def infer(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
@@ -146,15 +150,8 @@ def measure(
     area = volume.pixel_area_mm2
     out = []
     for label in manifest.labels:
-        inside = labels == label.value
-        counts = inside.reshape(len(inside), -1).sum(axis=1)
+        counts, mean, std = _weighted_stats(volume.array, labels, label.value, extents)
         voxels = int(counts.sum())
-        mean = std = None
-        if voxels:
-            weights = np.broadcast_to(extents[:, None, None], inside.shape)[inside]
-            values = volume.array[inside].astype(np.float64)
-            mean = float(np.average(values, weights=weights))
-            std = float(np.sqrt(np.average((values - mean) ** 2, weights=weights)))
         out.append(
             LabelMeasure(
                 value=label.value,
@@ -167,6 +164,30 @@ def measure(
             )
         )
     return tuple(out)
+
+
+def _weighted_stats(
+    values: np.ndarray, labels: np.ndarray, value: int, extents: np.ndarray
+) -> tuple[np.ndarray, float | None, float | None]:
+    """Per frame, the voxels labelled ``value``; the extent-weighted mean and SD of ``values``
+    there. A frame at a time (two passes: the mean, then the spread about it), so no
+    study-sized temporary is made whatever the series' length."""
+    counts = np.zeros(len(labels), dtype=np.int64)
+    sums = np.zeros(len(labels), dtype=np.float64)
+    for k in range(len(labels)):
+        inside = labels[k] == value
+        counts[k] = int(np.count_nonzero(inside))
+        if counts[k]:
+            sums[k] = values[k][inside].sum(dtype=np.float64)
+    weight = float((counts * extents).sum())
+    if not weight:
+        return counts, None, None
+    mean = float((sums * extents).sum() / weight)
+    spread = 0.0
+    for j in map(int, np.flatnonzero(counts)):
+        deviation = values[j][labels[j] == value].astype(np.float64) - mean
+        spread += float(extents[j] * (deviation * deviation).sum())
+    return counts, mean, float(np.sqrt(spread / weight))
 
 
 def _fsync_write(path: Path, write: Callable[[Any], None]) -> None:
@@ -236,6 +257,7 @@ def predict(
         else (),
         confidence=confidence,
     )
+    del probs, x  # the model grid's probabilities are on the source frames now
     if manifest.postprocessing.mask is not None:
         region = import_object(manifest.postprocessing.mask, "postprocessing mask")(volume.array)
         maps.labels[~np.asarray(region, dtype=bool)] = 0

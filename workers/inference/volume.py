@@ -42,7 +42,7 @@ __all__ = ["FrameRef", "Volume", "VolumeError", "build_volume", "load_series"]
 
 @dataclass(frozen=True)
 class Volume:
-    array: np.ndarray  # float32 [slice, row, column], rescaled (HU for CT)
+    array: np.ndarray  # [slice, row, column] rescaled (HU for CT): int16 when exact, else float32
     affine: np.ndarray  # 4x4: (column, row, slice, 1) -> patient LPS mm (mean slice step)
     frames: tuple[FrameRef, ...]  # source frame of each slice index
     positions_mm: np.ndarray  # each slice's position along the normal
@@ -205,6 +205,29 @@ def _describe(s: Stack, result: Layout | str, pick: Stack) -> dict[str, Any]:
     }
 
 
+def _rescaled(parts: list[_Pixels]) -> np.ndarray:
+    """The frames' rescaled values, stacked. Integer stored values with slope 1 and an integer
+    intercept that land in the int16 range (CT in HU) stay int16: the same numbers as float32,
+    in half the memory. Anything else is float32."""
+    exact = all(
+        p.slope == 1 and float(p.intercept).is_integer() and p.stored.dtype.kind in "iu"
+        for p in parts
+    )
+    if exact:
+        out = np.empty((len(parts), *parts[0].stored.shape), dtype=np.int16)
+        for i, p in enumerate(parts):
+            values = p.stored.astype(np.int32) + int(p.intercept)
+            if values.size and (values.min() < INT16.min or values.max() > INT16.max):
+                break
+            out[i] = values
+        else:
+            return out
+    return np.stack([p.stored.astype(np.float32) * p.slope + p.intercept for p in parts])
+
+
+INT16 = np.iinfo(np.int16)
+
+
 def build_volume(
     stack: Stack,
     where: Layout,
@@ -221,12 +244,7 @@ def build_volume(
     affine[:3, 1] = col_dir * dy
     affine[:3, 2] = where.step
     affine[:3, 3] = first.position
-    array = np.stack(
-        [
-            pixels[f.ref].stored.astype(np.float32) * pixels[f.ref].slope + pixels[f.ref].intercept
-            for f in frames
-        ]
-    )
+    array = _rescaled([pixels[f.ref] for f in frames])
     return Volume(
         array=array,
         affine=affine,
