@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PACKAGES = ("dicom_node", "workers")
-EXCLUDED = ("dicom_node/db/migrations/versions",)
+EXCLUDED = ("dicom_node/db/migrations/versions", "dicom_node/models/")  # models: package data
 BROAD = {"Exception", "BaseException"}
 
 

@@ -342,4 +342,8 @@ def test_every_line_of_the_node_log_is_json(node: tuple[NodeProcess, int], testd
     lines = proc.log.read_text().splitlines()
     assert json_lines(lines) == len(lines) > 0
     events = {json.loads(line)["event"] for line in lines}
-    assert {"pdu_refused", "association_request_timed_out", "c_store_failed"} <= events
+    assert {"pdu_refused", "pdu_timed_out", "c_store_failed"} <= events
+    # an idle socket is closed at its deadline or evicted by a newer one from the same host:
+    # which, depends on how the kernel hands the 18 sockets above to the two SCP processes on
+    # the one listening socket (often all to one); either way the node says so in JSON
+    assert {"association_request_timed_out", "unassociated_socket_evicted"} & events
