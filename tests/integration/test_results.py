@@ -31,6 +31,7 @@ from tests.models import WINDOW, band_labels, build_model, run_model
 from workers.inference.decode import pixel_array
 from workers.inference.runners import ModelCache
 from workers.results.build import build_results, load_mask
+from workers.results.check import read_back
 from workers.results.keyimages import BANNER
 from workers.results.provenance import model_uid
 from workers.results.regular import Grid, regularise
@@ -154,6 +155,8 @@ def all_valid(case: Case, expected: frozenset[str] = frozenset({"seg", "sr", "sc
         for obj in objects:
             path = Path(obj["path"])
             assert dciodvfy_errors(path) == [], (profile, obj["kind"])
+            # the hot path's structural check passed (it built them); highdicom reads each too
+            read_back(path, obj["kind"])
             if obj["kind"] == "sr":
                 code, err = dsrdump_ok(path)
                 assert code == 0, err
