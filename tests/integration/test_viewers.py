@@ -295,7 +295,9 @@ def test_ohif_draws_each_segments_outline_with_its_volume_and_mean(
         # each press of the arrow jumps to the next measurement's image (it may take a press
         # to land on the first); twice round is enough to see every one
         for step in range(2 * len(study.volumes) + 1):
-            drawn = _poll(browser, f"return (() => {{{SR_TEXT}}})()", timeout=15)
+            # software WebGL on 2 cores: under load OHIF takes a while to draw the SR at first
+            wait = 40 if step == 0 else 15
+            drawn = _poll(browser, f"return (() => {{{SR_TEXT}}})()", timeout=wait)
             if drawn:
                 _shot(browser, f"{study.name}-sr-{step + 1}")
                 for text in drawn["text"].split("|"):

@@ -16,8 +16,9 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,11 +33,11 @@ from workers.inference.grid import (
     plan_grid,
     source_spacing,
     to_model_grid,
-    to_source,
 )
 from workers.inference.manifest import Manifest
 from workers.inference.runners import LoadedModel, ModelCache, import_object
 from workers.inference.volume import Volume, VolumeError, load_series
+from workers.inference.windows import SourceMapper, windows
 
 OOM_RETRIES = 3
 MIN_ROI = 16
@@ -75,39 +76,52 @@ def normalise(x: torch.Tensor, manifest: Manifest) -> torch.Tensor:
     return x
 
 
+def _amp(model: LoadedModel) -> Any:
+    """Autocast to float16 around the forward pass, on CUDA, when the manifest allows it."""
+    if model.manifest.inference.amp and model.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def _probabilities(logits: torch.Tensor, output: str) -> torch.Tensor:
+    """The model's output as probabilities, in place: sigmoid, or softmax over the channels
+    (the logits become the probabilities: no second copy of the grid)."""
+    probs: torch.Tensor = logits.float()
+    if output == "sigmoid":
+        return probs.sigmoid_()
+    probs -= probs.amax(dim=1, keepdim=True)
+    probs.exp_()
+    return probs.div_(probs.sum(dim=1, keepdim=True))
+
+
 def _forward(
     model: LoadedModel, x: torch.Tensor, roi: tuple[int, int, int] | None, batch: int
 ) -> torch.Tensor:
     inf = model.manifest.inference
-    amp = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if inf.amp and model.device.type == "cuda"
-        else nullcontext()
-    )
-    with torch.inference_mode(), amp:
+    with torch.inference_mode(), _amp(model):
         if roi is None:
             logits = model.module(x)
         else:
             logits = sliding_window_inference(
                 x, roi, batch, model.module, overlap=inf.overlap, mode="gaussian"
             )
-        probs: torch.Tensor = logits.float()
-        if inf.output == "sigmoid":
-            return probs.sigmoid_()
-        # softmax in place: the model grid's logits become its probabilities (no second copy)
-        probs -= probs.amax(dim=1, keepdim=True)
-        probs.exp_()
-        return probs.div_(probs.sum(dim=1, keepdim=True))
+        return _probabilities(logits, inf.output)
 
 
-def infer(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
-    """Probabilities [1, C, d, h, w]. CUDA out of memory: retry with a smaller window and batch,
-    then give up as a Transient error (another worker, or a quieter GPU, may manage)."""
+T = TypeVar("T")
+
+
+def with_retries(
+    model: LoadedModel, x: torch.Tensor, run: Callable[[tuple[int, int, int] | None, int], T]
+) -> T:
+    """``run(window, batch)`` with the manifest's window and batch. CUDA out of memory: again
+    with a smaller batch, then a smaller window, then give up as a Transient error (another
+    worker, or a quieter GPU, may manage)."""
     inf = model.manifest.inference
     roi, batch = inf.roi_size, inf.sw_batch_size
     for attempt in range(OOM_RETRIES + 1):
         try:
-            return _forward(model, x, roi, batch)
+            return run(roi, batch)
         except torch.OutOfMemoryError:
             if model.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -123,6 +137,58 @@ def infer(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
                     max(MIN_ROI, shape[2] // 2),
                 )
     raise Transient(f"out of memory on {model.device} even with window {roi} and batch {batch}")
+
+
+def infer(model: LoadedModel, x: torch.Tensor) -> torch.Tensor:
+    """Probabilities [1, C, d, h, w] on the whole model grid (``with_retries``)."""
+    return with_retries(model, x, lambda roi, batch: _forward(model, x, roi, batch))
+
+
+def infer_onto_source(
+    model: LoadedModel,
+    x: torch.Tensor,
+    grid: ModelGrid,
+    roi: tuple[int, int, int] | None,
+    batch: int,
+    *,
+    fractional: bool = False,
+    confidence: bool = False,
+) -> tuple[SourceMaps, dict[int, float]]:
+    """The model's labels (and kept probabilities, and confidence) on the source frames, and
+    each label's highest probability anywhere: what ``infer`` then ``to_source`` give, to the
+    bit, but a slab of the model grid at a time (``windows``): memory follows the window."""
+    manifest = model.manifest
+    inf = manifest.inference
+    channels = label_channels(manifest)
+    sigmoid_label = manifest.labels[0].value if inf.output == "sigmoid" else None
+    mapper = SourceMapper(
+        grid,
+        sigmoid_label=sigmoid_label,
+        keep_channels=tuple(
+            channels[lb.value] for lb in sorted(manifest.labels, key=lambda x: x.value)
+        )
+        if fractional
+        else (),
+        confidence=confidence,
+    )
+
+    def predict_window(data: torch.Tensor) -> torch.Tensor:
+        with _amp(model):
+            return model.module(data)  # type: ignore[no-any-return]
+
+    highest = dict.fromkeys(channels, float("-inf"))
+    with torch.inference_mode():
+        slabs = (
+            iter([(0, predict_window(x))])
+            if roi is None
+            else windows(predict_window, x, roi, batch, inf.overlap)
+        )
+        for start, planes in slabs:
+            probs = _probabilities(planes, inf.output)
+            for value, c in channels.items():
+                highest[value] = max(highest[value], float(probs[0, c].max()))
+            mapper.feed(start, probs[0])
+        return mapper.finish(), highest
 
 
 def label_channels(manifest: Manifest) -> dict[int, int]:
@@ -238,30 +304,19 @@ def predict(
     grid = plan_grid(volume, manifest.preprocessing.target_spacing_mm)
     x = normalise(to_model_grid(volume, grid, model.device), manifest)
     t2 = time.perf_counter()
-    probs = infer(model, x)
+    fractional = manifest.inference.seg_type == "fractional"
+    run = partial(infer_onto_source, model, x, grid, fractional=fractional, confidence=confidence)
+    maps, max_probability = with_retries(model, x, run)
+    del run
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     t3 = time.perf_counter()
-    sigmoid_label = manifest.labels[0].value if manifest.inference.output == "sigmoid" else None
-    channels = label_channels(manifest)
-    max_probability = {value: float(probs[0, c].max()) for value, c in channels.items()}
-    fractional = manifest.inference.seg_type == "fractional"
-    maps = to_source(
-        probs,
-        grid,
-        sigmoid_label=sigmoid_label,
-        keep_channels=tuple(
-            channels[lb.value] for lb in sorted(manifest.labels, key=lambda x: x.value)
-        )
-        if fractional
-        else (),
-        confidence=confidence,
-    )
-    del probs, x  # the model grid's probabilities are on the source frames now
+    del x
     if manifest.postprocessing.mask is not None:
         region = import_object(manifest.postprocessing.mask, "postprocessing mask")(volume.array)
         maps.labels[~np.asarray(region, dtype=bool)] = 0
     t4 = time.perf_counter()
+    # the forward now includes mapping each slab onto the source frames as it comes
     timings = {"load": t1 - t0, "preprocess": t2 - t1, "forward": t3 - t2, "postprocess": t4 - t3}
     return Prediction(volume, grid, maps, max_probability, timings)
 

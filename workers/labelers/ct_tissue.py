@@ -36,23 +36,24 @@ NAMES = {ADIPOSE: "adipose tissue", SOFT_TISSUE: "soft tissue", BONE: "bone", AI
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """The patient's body: the largest connected object above the air threshold, holes filled.
 
-    Frame by frame where the step is in-plane (the opening, the hole filling), so only the
-    masks and one label image are study-sized. Filling each frame's holes also fills every
-    hole enclosed in 3D (a cavity enclosed in 3D is enclosed in each frame it crosses), so no
-    3D fill is needed after it."""
+    Frame by frame where the step is in-plane (the opening, the hole filling, counting the
+    pieces), so only the masks and one label image are study-sized. Filling each frame's holes
+    also fills every hole enclosed in 3D (a cavity enclosed in 3D is enclosed in each frame it
+    crosses), so no 3D fill is needed after it."""
     opening = np.ones((3, 3), dtype=bool)
     dense = np.empty(hu.shape, dtype=bool)
     for k in range(hu.shape[0]):
         dense[k] = ndimage.binary_opening(hu[k] > BODY_HU, structure=opening)
-    try:  # 2 bytes a voxel, not 4: a 600-slice CT's label image is 300 MB, not 600
-        pieces = np.empty(hu.shape, dtype=np.uint16)
-        count = ndimage.label(dense, output=pieces)
-    except RuntimeError:  # more than 65,535 pieces
-        pieces, count = ndimage.label(dense)
+    # int32 labels: with a narrower output scipy labels into an int32 copy anyway (its
+    # provisional labels overflow 16 bits), and holds both
+    pieces, count = ndimage.label(dense)
     del dense
     if count == 0:
         return np.zeros(hu.shape, dtype=bool)
-    sizes = np.bincount(pieces.ravel())
+    # a frame at a time: bincount casts its input to int64, 8 bytes a voxel for the whole study
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for k in range(hu.shape[0]):
+        sizes += np.bincount(pieces[k].ravel(), minlength=count + 1)
     sizes[0] = 0
     largest = int(np.argmax(sizes))
     body = np.empty(hu.shape, dtype=bool)
