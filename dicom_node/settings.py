@@ -563,8 +563,18 @@ def masked(settings: Settings) -> dict[str, Any]:
 
 def _mask_url(url: str) -> str:
     from sqlalchemy.engine import make_url  # noqa: PLC0415 - keep settings import-light
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
 
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy parses (a broker's scheme): mask it by hand
+        from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 _TABLES = {

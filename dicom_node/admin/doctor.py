@@ -184,13 +184,16 @@ def broker(settings: Settings) -> Finding:
     shown = masked(settings)["queue"]["broker_url"]
     try:
         from kombu import Connection  # noqa: PLC0415 - only with a broker
-
+        from kombu.exceptions import OperationalError  # noqa: PLC0415
+    except ImportError:
+        return Finding("broker", f"{shown}: Celery is not installed (extra 'queue')", "problem")
+    try:
         with Connection(settings.queue.broker_url.get_secret_value(), connect_timeout=3) as c:
             c.ensure_connection(max_retries=1)
-    except ImportError:
-        return Finding("broker", f"{shown}: Celery is not installed (extra 'worker')", "problem")
-    except Exception as exc:  # noqa: BLE001 - kombu raises the transport's own errors
+    except (OperationalError, OSError) as exc:  # kombu wraps the transport's errors
         return Finding("broker", f"{shown} unreachable: {exc}", "problem")
+    except (KeyError, ValueError) as exc:  # no such transport, or a URL it cannot parse
+        return Finding("broker", f"{shown} is not a broker URL kombu knows: {exc}", "problem")
     return Finding("broker", f"{shown} reachable")
 
 

@@ -15,6 +15,7 @@ from dicom_node.admin import doctor
 from dicom_node.admin.users import Role, add_user
 from dicom_node.children import die_with_parent
 from dicom_node.settings import Settings
+from tests.helpers import free_port
 from tests.rows import sqlite_index
 
 
@@ -130,3 +131,12 @@ def test_a_child_whose_parent_died_while_it_started_does_not_go_on(
 
 def test_die_with_parent_in_the_node_itself_does_nothing() -> None:
     die_with_parent()  # no multiprocessing parent: nothing to follow, and still running
+
+
+def test_a_broker_that_is_not_there_or_not_a_broker_is_a_problem(tmp_path: Path) -> None:
+    port = free_port()
+    down = doctor.broker(settings(tmp_path, queue={"broker_url": f"redis://127.0.0.1:{port}/0"}))
+    assert down.level == "problem"
+    assert down.text.startswith(f"redis://127.0.0.1:{port}/0 unreachable: ")
+    odd = doctor.broker(settings(tmp_path, queue={"broker_url": "carrier-pigeon://loft/0"}))
+    assert odd.level == "problem" and "is not a broker URL kombu knows" in odd.text

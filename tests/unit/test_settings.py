@@ -83,6 +83,9 @@ def test_masked_hides_database_password() -> None:
     s = load_settings(database={"url": "postgresql+psycopg://node:s3cret@db/pacs"})
     shown = json.dumps(masked(s))
     assert "s3cret" not in shown and "***" in shown
+    # a broker URL SQLAlchemy cannot parse is masked all the same
+    s = load_settings(queue={"broker_url": "sentinel-redis://node:s3cret@broker:26379/0"})
+    assert masked(s)["queue"]["broker_url"] == "sentinel-redis://node:***@broker:26379/0"
 
 
 def test_cli_fails_at_start_naming_the_key(tmp_path: Path) -> None:
