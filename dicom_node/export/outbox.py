@@ -402,19 +402,26 @@ def resend(
             ):
                 moved.append(row.id)
         for jid in {row.job_id for row in rows}:
-            state = conn.execute(select(Job.state).where(Job.id == jid)).scalar_one()
-            if state in (JobState.DONE, JobState.FAILED):
-                transition_job(
-                    conn,
-                    jid,
-                    JobState(state),
-                    JobState.EXPORTING,
-                    at=now,
-                    reason=f"resend by {actor}",
-                    actor=actor,
-                    values={"error": None},
-                )
+            _exporting_again(conn, jid, at=now, reason=f"resend by {actor}", actor=actor)
     return moved
+
+
+def _exporting_again(
+    conn: Connection, job_id: str, *, at: datetime, reason: str, actor: str
+) -> None:
+    """A DONE or FAILED job back to EXPORTING: it has rows to send again (resend, send_kept)."""
+    state = conn.execute(select(Job.state).where(Job.id == job_id)).scalar_one()
+    if state in (JobState.DONE, JobState.FAILED):
+        transition_job(
+            conn,
+            job_id,
+            JobState(state),
+            JobState.EXPORTING,
+            at=at,
+            reason=reason,
+            actor=actor,
+            values={"error": None},
+        )
 
 
 def send_kept(
@@ -440,18 +447,9 @@ def send_kept(
             reason=f"sent to {dest.name} by {actor}",
             actor=actor,
         )
-        state = conn.execute(select(Job.state).where(Job.id == job_id)).scalar_one()
-        if made and state in (JobState.DONE, JobState.FAILED):
-            transition_job(
-                conn,
-                job_id,
-                JobState(state),
-                JobState.EXPORTING,
-                at=now,
-                reason=f"sent to {dest.name} by {actor}",
-                actor=actor,
-                values={"error": None},
-            )
+        if made:
+            reason = f"sent to {dest.name} by {actor}"
+            _exporting_again(conn, job_id, at=now, reason=reason, actor=actor)
     return made
 
 
